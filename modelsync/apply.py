@@ -1,0 +1,216 @@
+"""`apply`: lock the root, plan, check space, run the executor, prune."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import filelock
+
+from modelsync.aria2 import Aria2Daemon, resolve_attach_settings
+from modelsync.commands import failed_targets, unpinned_warnings
+from modelsync.errors import EXIT_USAGE, ModelsyncError
+from modelsync.executor import ApplyOptions, Executor
+from modelsync.layout import Layout
+from modelsync.progress import NullReporter, Reporter
+from modelsync.reconcile import ActionKind, Plan
+from modelsync.remote import RemoteFile
+from modelsync.results import EntryResult, Report, Status, free_bytes
+from modelsync.sources import resolve
+from modelsync.state import StateDB
+from modelsync.ui import human_size
+from modelsync.workspace import Target, Workspace
+
+
+@dataclass(frozen=True)
+class ApplyRequest:
+    jobs: int | None = None
+    connections: int | None = None
+    max_speed: int | None = None
+    lock_timeout: float = 300.0
+    prune: bool = False
+    confirm_prune: Callable[[list[str]], bool] | None = None  # None: refuse to prune
+    aria2_url: str | None = None
+    aria2_secret: str | None = None
+    stall_timeout: float = 60.0
+
+
+@contextlib.contextmanager
+def root_lock(ws: Workspace, timeout: float, on_wait: Callable[[], None]) -> Iterator[None]:
+    """One apply per root. flock dies with its process, so a dead holder never blocks."""
+    ws.layout.own.mkdir(parents=True, exist_ok=True)
+    lock = filelock.FileLock(ws.layout.lock)
+    try:
+        lock.acquire(timeout=0)
+    except filelock.Timeout:
+        on_wait()
+        try:
+            lock.acquire(timeout=timeout)
+        except filelock.Timeout:
+            raise ModelsyncError(
+                f"another modelsync apply is still working on {ws.root} after {timeout:.0f}s",
+                "wait for it to finish, or raise --lock-timeout",
+            ) from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def check_space(ws: Workspace, plan: Plan) -> None:
+    need = plan.download_bytes
+    free = free_bytes(ws.root)
+    if need > free:
+        raise ModelsyncError(
+            f"not enough disk space under {ws.root}: {human_size(need)} to download "
+            f"({need} bytes), {human_size(free)} free ({free} bytes)",
+            "free some space, pick another --root, or limit the run with --only",
+            exit_code=EXIT_USAGE,
+        )
+
+
+def _secrets(ws: Workspace, request: ApplyRequest) -> tuple[str, ...]:
+    names = ("HF_TOKEN", "CIVITAI_TOKEN", "CIVITAI_API_TOKEN", "MODELSYNC_ARIA2_SECRET")
+    values = [ws.env.get(n, "") for n in names]
+    values.append(ws.env.get("COMFYUI_MANAGER_ARIA2_SECRET", ""))
+    values.append(request.aria2_secret or "")
+    return tuple(v for v in values if v)
+
+
+def wait_for_orphan_daemon(layout: Layout, timeout: float = 15.0) -> None:
+    """An aria2c whose apply was killed (-9) saves its control files as it exits
+    (--stop-with-process); a new one must not write the same partials meanwhile."""
+    try:
+        pid = int(layout.daemon_pid.read_text())
+    except (FileNotFoundError, ValueError):
+        return
+    deadline = time.monotonic() + timeout
+    while _is_our_aria2c(pid, layout):
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGTERM)  # SIGTERM keeps control files
+            break
+        time.sleep(0.05)  # polling another process's exit: nothing to wait on
+    layout.daemon_pid.unlink(missing_ok=True)
+
+
+def _is_our_aria2c(pid: int, layout: Layout) -> bool:
+    """Alive, and started for this root (a reused pid must never be waited on or killed)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmdline = f.read()
+    except OSError:
+        return False
+    return b"aria2c" in cmdline and os.fsencode(layout.own) in cmdline
+
+
+def open_daemon(
+    ws: Workspace, request: ApplyRequest, max_concurrent: int, max_speed: int
+) -> Aria2Daemon:
+    attach = resolve_attach_settings(request.aria2_url, request.aria2_secret, ws.env)
+    if attach is not None:
+        daemon = Aria2Daemon.attach(*attach)
+        daemon.change_global_option(
+            {
+                "max-concurrent-downloads": str(max_concurrent),
+                "max-overall-download-limit": str(max_speed),
+            }
+        )
+        return daemon
+    wait_for_orphan_daemon(ws.layout)
+    daemon = Aria2Daemon.spawn(
+        max_concurrent=max_concurrent, max_overall_speed=max_speed, session_dir=ws.layout.own
+    )
+    ws.layout.daemon_pid.write_text(str(daemon.pid))
+    return daemon
+
+
+def run_apply(
+    ws: Workspace,
+    request: ApplyRequest,
+    reporter: Reporter | None = None,
+    on_lock_wait: Callable[[], None] = lambda: None,
+) -> Report:
+    reporter = reporter or NullReporter()
+    started = time.monotonic()
+    settings = ws.manifest.settings
+    with root_lock(ws, request.lock_timeout, on_lock_wait):
+        targets = ws.targets()
+        with StateDB.open(ws.root, create=True) as state:
+            plan = ws.plan(targets, state)
+            check_space(ws, plan)
+            for warning in unpinned_warnings(targets):
+                reporter.warn(warning)
+            remotes = {t.name: t.remote for t in targets if t.remote is not None}
+            results = failed_targets(targets, "download")
+            if plan.in_sync:
+                results += _all_ok(plan)
+            else:
+                jobs = request.jobs or settings.max_concurrent
+                speed = request.max_speed if request.max_speed is not None else settings.max_speed
+                executor = Executor(
+                    ws.layout,
+                    lambda: open_daemon(ws, request, jobs, speed),
+                    state,
+                    resolver=lambda name: _fresh(ws, targets, name),
+                    options=ApplyOptions(
+                        jobs=jobs,
+                        connections=request.connections
+                        if request.connections is not None
+                        else settings.connections,
+                        stall_timeout=request.stall_timeout,
+                    ),
+                    reporter=reporter,
+                    secrets=_secrets(ws, request),
+                )
+                if any(a.kind is not ActionKind.VERIFY for a in plan.pending):
+                    executor.daemon  # noqa: B018 - fail (exit 2) before any work if aria2 is unusable
+                results += executor.run(plan, remotes)
+                ws.layout.daemon_pid.unlink(missing_ok=True)
+        order = {t.name: i for i, t in enumerate(targets)}
+        results.sort(key=lambda r: order[r.name])
+        pruned: tuple[str, ...] = ()
+        failed = any(r.status is Status.FAILED for r in results)
+        if request.prune and plan.unmanaged and not failed:
+            pruned = _prune(ws, plan, request.confirm_prune)
+    downloaded = sum(r.bytes_downloaded for r in results)
+    return Report(
+        command="apply",
+        root=ws.root,
+        entries=tuple(results),
+        unmanaged=tuple(u for u in plan.unmanaged if u.path not in pruned),
+        download_bytes=downloaded,
+        free_bytes=free_bytes(ws.root),
+        warnings=tuple(unpinned_warnings(targets)),
+        elapsed=time.monotonic() - started,
+        pruned=pruned,
+    )
+
+
+def _fresh(ws: Workspace, targets: list[Target], name: str) -> RemoteFile:
+    entry = next(t.entry for t in targets if t.name == name)
+    return resolve(entry, ws.sources, fresh=True)
+
+
+def _all_ok(plan: Plan) -> list[EntryResult]:
+    return [
+        EntryResult(a.desired.name, a.desired.path, "ok", Status.OK, a.desired.size)
+        for a in plan.actions
+    ]
+
+
+def _prune(
+    ws: Workspace, plan: Plan, confirm: Callable[[list[str]], bool] | None
+) -> tuple[str, ...]:
+    paths = [u.path for u in plan.unmanaged]
+    if confirm is None or not confirm(paths):
+        raise ModelsyncError(
+            "--prune needs confirmation: pass --yes, or run it in a terminal to be asked",
+            f"{len(paths)} unmanaged file(s) were kept",
+        )
+    for rel in paths:
+        os.unlink(ws.layout.target(rel))
+    return tuple(paths)

@@ -1,0 +1,124 @@
+"""plan and verify: read-only diffs of the manifest against root."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from modelsync.hashing import FileHashes, hash_files
+from modelsync.reconcile import ActionKind, Plan, hash_mismatches
+from modelsync.results import EntryResult, Report, Status, free_bytes
+from modelsync.state import StateDB
+from modelsync.workspace import Target, Workspace
+
+
+def unpinned_warnings(targets: list[Target]) -> list[str]:
+    return [
+        f"{t.name}: no sha256 or xxh3_128 pinned; the file cannot be checked "
+        "(add a hash, or run `modelsync lock`)"
+        for t in targets
+        if t.desired is not None and not t.desired.pinned
+    ]
+
+
+def failed_targets(targets: list[Target], action: str) -> list[EntryResult]:
+    return [
+        EntryResult(
+            t.name, t.desired.path if t.desired else None, action, Status.FAILED, error=t.error
+        )
+        for t in targets
+        if t.error is not None
+    ]
+
+
+def plan_report(ws: Workspace, targets: list[Target], plan: Plan, started: float) -> Report:
+    entries = failed_targets(targets, "download")
+    for action in plan.actions:
+        d = action.desired
+        status = Status.OK if action.kind is ActionKind.OK else Status.PENDING
+        size = d.size if d.size is not None else (action.local_size or d.estimated_size)
+        entries.append(
+            EntryResult(d.name, d.path, action.kind.value, status, size, detail=action.reason)
+        )
+    order = {t.name: i for i, t in enumerate(targets)}
+    entries.sort(key=lambda e: order[e.name])
+    return Report(
+        command="plan",
+        root=ws.root,
+        entries=tuple(entries),
+        unmanaged=plan.unmanaged,
+        download_bytes=plan.download_bytes,
+        free_bytes=free_bytes(ws.root),
+        warnings=tuple(unpinned_warnings(targets)),
+        elapsed=time.monotonic() - started,
+    )
+
+
+def run_plan(ws: Workspace) -> tuple[Report, Plan]:
+    """Never writes under root: the stat cache is only read when it exists."""
+    started = time.monotonic()
+    targets = ws.targets()
+    with StateDB.open(ws.root, create=False) as state:
+        plan = ws.plan(targets, state)
+    return plan_report(ws, targets, plan, started), plan
+
+
+def run_verify(ws: Workspace) -> Report:
+    """Hash every present file (cache not trusted), refresh the cache with what it finds."""
+    started = time.monotonic()
+    targets = ws.targets()
+    entries = failed_targets(targets, "verify")
+    to_hash: dict[Path, tuple[Target, os.stat_result]] = {}
+    results: dict[str, EntryResult] = {}
+    for t in targets:
+        if t.desired is None:
+            continue
+        d = t.desired
+        path = ws.layout.target(d.path)
+        try:
+            st = os.stat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            results[t.name] = EntryResult(t.name, d.path, "verify", Status.MISSING, d.size)
+            continue
+        if d.size is not None and st.st_size != d.size:
+            error = f"size {st.st_size}, expected {d.size}"
+            results[t.name] = EntryResult(
+                t.name, d.path, "verify", Status.CORRUPT, st.st_size, error=error
+            )
+            continue
+        to_hash[path] = (t, st)
+    hashed = hash_files(list(to_hash))
+    with StateDB.open(ws.root, create=True) as state:
+        for path, (t, st) in to_hash.items():
+            assert t.desired is not None
+            d = t.desired
+            outcome = hashed[path]
+            if not isinstance(outcome, FileHashes):
+                results[t.name] = EntryResult(
+                    t.name,
+                    d.path,
+                    "verify",
+                    Status.FAILED,
+                    st.st_size,
+                    error=f"cannot read: {outcome}",
+                )
+                continue
+            wrong = hash_mismatches(d, outcome.sha256, outcome.xxh3_128)
+            if wrong:
+                state.forget(d.path)
+                results[t.name] = EntryResult(
+                    t.name, d.path, "verify", Status.CORRUPT, st.st_size, error="; ".join(wrong)
+                )
+            else:
+                state.record(d.path, st, outcome)
+                results[t.name] = EntryResult(t.name, d.path, "verify", Status.OK, st.st_size)
+    entries += [results[t.name] for t in targets if t.name in results]
+    return Report(
+        command="verify",
+        root=ws.root,
+        entries=tuple(entries),
+        warnings=tuple(unpinned_warnings(targets)),
+        elapsed=time.monotonic() - started,
+        free_bytes=free_bytes(ws.root),
+    )

@@ -1,0 +1,432 @@
+"""Carry out a Plan: hash in place, download through aria2, verify, move into place.
+
+One failing entry never stops the others: every outcome becomes an EntryResult.
+A file reaches its final path only after its size and every pinned hash matched.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from modelsync.aria2 import Aria2Daemon, Aria2RpcError, DownloadStatus
+from modelsync.errors import ModelsyncError
+from modelsync.hashing import FileHashes, hash_file
+from modelsync.layout import PARTIAL_SUFFIX, Layout
+from modelsync.progress import NullReporter, Reporter
+from modelsync.reconcile import Action, ActionKind, Plan, hash_mismatches
+from modelsync.redact import host_of, redact
+from modelsync.remote import Desired, RemoteFile
+from modelsync.results import EntryResult, Status
+from modelsync.state import StateDB
+
+MIB = 1 << 20
+MIN_SEGMENT = 8 * MIB  # aria2 splits files in segments of at least this much
+MAX_CONNECTIONS = 16  # aria2's cap per server
+# aria2 error codes that retrying the same URL cannot fix (see aria2c(1), EXIT STATUS).
+PERMANENT_ERRORS = {3, 9, 16, 17, 24}
+
+
+class Cancelled(Exception):
+    """Raised inside a hashing thread when the run is interrupted."""
+
+
+@dataclass(frozen=True)
+class ApplyOptions:
+    jobs: int = 4
+    connections: int = 0  # 0: by file size
+    stall_timeout: float = 60.0
+    max_attempts: int = 4  # per entry, for transient errors and stalls
+    poll_interval: float = 0.2
+
+
+def connections_for(size: int | None, override: int = 0) -> int:
+    """Enough connections that each gets a segment of 8–16 MiB, up to aria2's 16."""
+    if override:
+        return min(override, MAX_CONNECTIONS)
+    if size is None:
+        return MAX_CONNECTIONS
+    return max(1, min(MAX_CONNECTIONS, math.ceil(size / (2 * MIN_SEGMENT))))
+
+
+Resolver = Callable[[str], RemoteFile]  # entry name → freshly resolved RemoteFile
+
+
+@dataclass
+class Job:
+    """One entry being brought into place."""
+
+    action: Action
+    remote: RemoteFile | None
+    tmp: Path
+    gid: str | None = None
+    attempts: int = 0
+    corrupt_retries: int = 0
+    start_bytes: int = 0  # bytes already in tmp/ when we started (resume)
+    done_bytes: int = 0
+    last_change: float = field(default_factory=time.monotonic)
+    retry_at: float | None = None
+    repairing: bool = False  # a verify that failed turns into a repair
+
+    @property
+    def desired(self) -> Desired:
+        return self.action.desired
+
+    @property
+    def control(self) -> Path:
+        return self.tmp.with_name(self.tmp.name + PARTIAL_SUFFIX)
+
+    @property
+    def sidecar(self) -> Path:
+        return self.tmp.with_name(self.tmp.name + ".want")
+
+
+@dataclass(frozen=True)
+class Placed:
+    hashes: FileHashes
+    stat: os.stat_result
+
+
+@dataclass(frozen=True)
+class Rejected:
+    problems: list[str]
+
+
+class Executor:
+    def __init__(
+        self,
+        layout: Layout,
+        connect: Callable[[], Aria2Daemon],
+        state: StateDB,
+        resolver: Resolver,
+        options: ApplyOptions,
+        reporter: Reporter | None = None,
+        secrets: tuple[str, ...] = (),
+    ) -> None:
+        self.layout = layout
+        self._connect = connect
+        self._daemon: Aria2Daemon | None = None
+        self.state = state
+        self.resolver = resolver
+        self.options = options
+        self.reporter = reporter or NullReporter()
+        self.secrets = secrets
+        self.cancel = threading.Event()
+        self.results: dict[str, EntryResult] = {}
+        self.active: dict[str, Job] = {}  # gid → job
+        self.waiting: list[Job] = []  # scheduled retries
+        self.hashing: dict[Future[Placed | Rejected | FileHashes], Job] = {}
+        self.pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 2)
+
+    # ---- entry point -------------------------------------------------------
+
+    @property
+    def daemon(self) -> Aria2Daemon:
+        """aria2 starts on first use: a run that only verifies in place needs none."""
+        if self._daemon is None:
+            self._daemon = self._connect()
+        return self._daemon
+
+    def close(self) -> None:
+        if self._daemon is not None:
+            self._daemon.close()
+            self._daemon = None
+
+    def run(self, plan: Plan, remotes: dict[str, RemoteFile]) -> list[EntryResult]:
+        self.layout.tmp.mkdir(parents=True, exist_ok=True)
+        pending = [a for a in plan.actions if a.kind is not ActionKind.OK]
+        self.reporter.begin(len(pending), plan.download_bytes)
+        try:
+            for action in pending:
+                job = Job(
+                    action,
+                    remotes.get(action.desired.name),
+                    self.layout.partial(action.desired.path),
+                )
+                if action.kind is ActionKind.VERIFY:
+                    self._submit(job, self._hash_in_place)
+                else:
+                    self._start_download(job)
+            while self.active or self.hashing or self.waiting:
+                self._tick()
+        except BaseException:
+            self.cancel.set()
+            raise
+        finally:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+            self.close()
+            self.reporter.end()
+        for action in plan.actions:
+            if action.kind is ActionKind.OK:
+                d = action.desired
+                self.results[d.name] = EntryResult(d.name, d.path, "ok", Status.OK, d.size)
+        return [self.results[a.desired.name] for a in plan.actions]
+
+    # ---- scheduling ----------------------------------------------------------
+
+    def _tick(self) -> None:
+        now = time.monotonic()
+        for job in [j for j in self.waiting if j.retry_at is not None and j.retry_at <= now]:
+            self.waiting.remove(job)
+            self._add_to_aria2(job, fresh=True)
+        if self.active:
+            self._poll_aria2()
+        if self.hashing:
+            done, _ = wait(
+                list(self.hashing), timeout=self.options.poll_interval, return_when=FIRST_COMPLETED
+            )
+            for future in done:
+                self._hash_done(self.hashing.pop(future), future)
+        else:
+            # Nothing to wake us but time: aria2 progress or a scheduled retry.
+            self.cancel.wait(self.options.poll_interval)
+
+    def _submit(self, job: Job, fn: Callable[[Job], Placed | Rejected | FileHashes]) -> None:
+        self.hashing[self.pool.submit(fn, job)] = job
+
+    def _start_download(self, job: Job) -> None:
+        if job.remote is None:
+            self._fail(job, "no download URL resolved for this entry")
+            return
+        self._discard_stale_partial(job)
+        if self.tmp_complete(job):
+            # Downloaded before a crash, never placed: verify it instead of fetching again.
+            self._submit(job, self._verify_and_place)
+            return
+        job.start_bytes = _allocated(job.tmp) if job.control.exists() else 0
+        self._add_to_aria2(job, fresh=False)
+
+    def tmp_complete(self, job: Job) -> bool:
+        """A file in tmp/ without its control file is either finished or garbage."""
+        if not job.tmp.exists() or job.control.exists():
+            return False
+        size = job.tmp.stat().st_size
+        if job.desired.size is not None and size == job.desired.size:
+            return True
+        job.tmp.unlink()  # aria2 would take it for a sequential partial; start clean
+        return False
+
+    def _discard_stale_partial(self, job: Job) -> None:
+        """A partial meant for other bytes (the manifest changed) is started over."""
+        want = json.dumps(
+            {
+                "size": job.desired.size,
+                "sha256": job.desired.sha256,
+                "xxh3_128": job.desired.xxh3_128,
+            },
+            sort_keys=True,
+        )
+        try:
+            stale = job.sidecar.read_text() != want
+        except FileNotFoundError:
+            stale = job.tmp.exists() or job.control.exists()
+        if stale:
+            _remove(job.tmp, job.control)
+        job.sidecar.write_text(want)
+
+    def _add_to_aria2(self, job: Job, *, fresh: bool) -> None:
+        remote = job.remote
+        assert remote is not None
+        if fresh:
+            try:
+                remote = job.remote = self.resolver(job.desired.name)
+            except ModelsyncError as exc:
+                self._fail(job, str(exc))
+                return
+        job.attempts += 1
+        size = job.desired.size or remote.size
+        n = connections_for(size, self.options.connections)
+        options: dict[str, str | list[str]] = {
+            "dir": str(self.layout.tmp),
+            "out": job.tmp.name,
+            "split": str(n),
+            "max-connection-per-server": str(n),
+            "min-split-size": f"{MIN_SEGMENT // MIB}M",
+            # A server that ignores Range makes aria2 start over instead of failing.
+            "always-resume": "false",
+            "max-resume-failure-tries": "0",
+        }
+        if remote.headers:
+            options["header"] = [f"{k}: {v}" for k, v in remote.headers]
+        try:
+            job.gid = self.daemon.add(list(remote.urls), options)
+        except Aria2RpcError as exc:  # this entry's options or URLs; the daemon is fine
+            self._fail(job, str(exc))
+            return
+        job.last_change = time.monotonic()
+        self.active[job.gid] = job
+
+    def _poll_aria2(self) -> None:
+        now = time.monotonic()
+        for st in self.daemon.status(list(self.active)):
+            job = self.active[st.gid]
+            if st.completed_length != job.done_bytes:
+                job.done_bytes = st.completed_length
+                job.last_change = now
+            self.reporter.file_progress(
+                job.desired.name,
+                st.completed_length,
+                st.total_length or job.desired.size,
+                st.download_speed,
+                st.connections,
+            )
+            if st.status == "complete":
+                self._forget_gid(job)
+                self._submit(job, self._verify_and_place)
+            elif st.status in ("error", "removed"):
+                self._forget_gid(job)
+                self._transient_or_fail(job, st)
+            elif st.status == "active" and now - job.last_change > self.options.stall_timeout:
+                self.daemon.remove(st.gid)
+                self._forget_gid(job)
+                self._retry(job, f"no progress for {self.options.stall_timeout:.0f}s")
+
+    def _forget_gid(self, job: Job) -> None:
+        assert job.gid is not None
+        self.active.pop(job.gid, None)
+        self.daemon.remove_result(job.gid)
+        job.gid = None
+
+    def _transient_or_fail(self, job: Job, st: DownloadStatus) -> None:
+        remote = job.remote
+        host = host_of(remote.urls[0]) if remote else "?"
+        message = redact(f"{host}: aria2 error {st.error_code}: {st.error_message}", self.secrets)
+        if st.error_code in PERMANENT_ERRORS:
+            self._fail(job, message)
+        else:
+            self._retry(job, message)
+
+    def _retry(self, job: Job, why: str) -> None:
+        if job.attempts >= self.options.max_attempts:
+            self._fail(job, f"{why} (gave up after {job.attempts} attempts)")
+            return
+        job.retry_at = time.monotonic() + min(2 ** (job.attempts - 1), 30)
+        self.reporter.warn(f"{job.desired.name}: {why}; retrying")
+        self.waiting.append(job)
+
+    # ---- hashing (in worker threads: no state.db, no reporter) -----------------
+
+    def _hash_in_place(self, job: Job) -> FileHashes:
+        return hash_file(self.layout.target(job.desired.path), progress=self._check_cancel)
+
+    def _verify_and_place(self, job: Job) -> Placed | Rejected:
+        d = job.desired
+        before = os.stat(job.tmp)
+        problems = []
+        if d.size is not None and before.st_size != d.size:
+            problems.append(f"size {before.st_size}, expected {d.size}")
+        hashes = hash_file(job.tmp, progress=self._check_cancel)
+        problems += hash_mismatches(d, hashes.sha256, hashes.xxh3_128)
+        if problems:
+            _remove(job.tmp, job.control, job.sidecar)
+            return Rejected(problems)
+        fd = os.open(job.tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        target = self.layout.target(d.path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(job.tmp, target)
+        _fsync_dir(target.parent)
+        job.sidecar.unlink(missing_ok=True)
+        return Placed(hashes, os.stat(target))
+
+    def _check_cancel(self, _n: int) -> None:
+        if self.cancel.is_set():
+            raise Cancelled
+
+    def _hash_done(self, job: Job, future: Future[Placed | Rejected | FileHashes]) -> None:
+        d = job.desired
+        try:
+            outcome = future.result()
+        except Cancelled:
+            return
+        except OSError as exc:
+            self._fail(job, f"{type(exc).__name__}: {exc.strerror or exc}")
+            return
+        if isinstance(outcome, FileHashes):  # a verify in place
+            wrong = hash_mismatches(d, outcome.sha256, outcome.xxh3_128)
+            if not wrong:
+                self.state.record(d.path, os.stat(self.layout.target(d.path)), outcome)
+                self._finish(job, Status.OK)
+            else:
+                self.state.forget(d.path)
+                self.reporter.warn(f"{d.name}: {'; '.join(wrong)}; downloading again")
+                job.repairing = True
+                self._start_download(job)
+        elif isinstance(outcome, Placed):
+            self.state.record(d.path, outcome.stat, outcome.hashes)
+            if not d.pinned:
+                self.reporter.warn(
+                    f"{d.name}: unpinned; placed with sha256 {outcome.hashes.sha256} "
+                    "(pin it in the manifest or run `modelsync lock`)"
+                )
+            repaired = job.repairing or job.action.kind is ActionKind.REPAIR
+            self._finish(job, Status.REPAIRED if repaired else Status.DOWNLOADED)
+        else:
+            expected = "; ".join(outcome.problems)
+            if job.corrupt_retries == 0:
+                job.corrupt_retries += 1
+                job.start_bytes = 0
+                self.reporter.warn(
+                    f"{d.name}: downloaded file is corrupt ({expected}); retrying from scratch"
+                )
+                job.sidecar.unlink(missing_ok=True)
+                self._start_download(job)
+            else:
+                self._fail(
+                    job,
+                    f"downloaded file is corrupt twice: {expected}; the server sends wrong bytes",
+                )
+
+    # ---- outcomes -----------------------------------------------------------
+
+    def _finish(self, job: Job, status: Status) -> None:
+        d = job.desired
+        downloaded = max(job.done_bytes - job.start_bytes, 0) if status is not Status.OK else 0
+        result = EntryResult(d.name, d.path, job.action.kind.value, status, d.size, downloaded)
+        self.results[d.name] = result
+        self.reporter.file_finished(result)
+
+    def _fail(self, job: Job, error: str) -> None:
+        d = job.desired
+        result = EntryResult(
+            d.name,
+            d.path,
+            job.action.kind.value,
+            Status.FAILED,
+            d.size,
+            max(job.done_bytes - job.start_bytes, 0),
+            redact(error, self.secrets),
+        )
+        self.results[d.name] = result
+        self.reporter.file_finished(result)
+
+
+def _allocated(path: Path) -> int:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return 0
+    return min(st.st_size, st.st_blocks * 512)
+
+
+def _remove(*paths: Path) -> None:
+    for path in paths:
+        path.unlink(missing_ok=True)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,215 @@
+"""sha256 and xxh3_128 of a file in one read pass; several files in parallel.
+
+Design, measured on the 2-core dev VM (AMD EPYC with SHA-NI, OpenSSL 3.0, warm page
+cache; benchmarks/bench_hash.py): sha256 alone runs at ~1.1 GB/s and xxh3_128 alone
+at ~7 GB/s from a file (~12 GB/s from memory), so feeding both digests from one
+buffer, one after the other, costs ~5% over sha256 alone (hash_file/sha256 measured
+0.93-0.97). The 1 MiB buffer is reused for the whole file and stays in L2 between
+`readinto` and the two hash passes; 0.5-4 MiB measured alike, 8-16 MiB slower (xxh3
+then reads from L3/RAM). A pipelined variant (a helper thread reading and running
+xxh3 into two alternating buffers while the caller runs sha256) measured 1.09-1.18x
+sha256 alone, but serial meets the >= 90% target, is simpler, and leaves the second
+core to `hash_files` and aria2; so serial it is.
+
+Both hashlib and xxhash (4.x) release the GIL while hashing a buffer (checked: a
+spinning Python thread keeps its pace meanwhile, and two hashing threads give ~2x
+aggregate for sha256), so `hash_files` scales across cores with plain threads
+(4 x 256 MiB: 1.93x on 2 cores).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import threading
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TypeVar
+
+import xxhash
+
+__all__ = [
+    "DEFAULT_BUFFER_SIZE",
+    "SHA256_HEX_LEN",
+    "XXH3_128_HEX_LEN",
+    "FileHashes",
+    "hash_file",
+    "hash_files",
+    "mismatches",
+    "normalize_hex",
+]
+
+DEFAULT_BUFFER_SIZE = 1 << 20  # 1 MiB: fits L2; see the module docstring
+SHA256_HEX_LEN = 64
+XXH3_128_HEX_LEN = 32
+_HEX_DIGITS = frozenset("0123456789abcdef")
+
+StrPath = str | os.PathLike[str]
+P = TypeVar("P", bound=StrPath)
+
+
+@dataclass(frozen=True)
+class FileHashes:
+    """Size and digests of one file's content (lowercase hex)."""
+
+    size: int
+    sha256: str
+    xxh3_128: str
+
+
+class _Cancelled(Exception):
+    """hash_files was interrupted: stop hashing at the next buffer."""
+
+
+def _hash_path(
+    path: StrPath,
+    view: memoryview | int,
+    progress: Callable[[int], None] | None,
+    cancel: threading.Event | None,
+) -> FileHashes:
+    """Hash `path` reading into `view` (a reused writable buffer); no per-chunk copy.
+
+    An int `view` is a buffer size: a buffer of at most that size is allocated
+    (smaller for a small file, sparing page faults when hashing many small files).
+    """
+    sha = hashlib.sha256()
+    xxh = xxhash.xxh3_128()
+    total = 0
+    with open(path, "rb", buffering=0) as f:
+        if isinstance(view, int):
+            view = memoryview(bytearray(min(view, max(os.fstat(f.fileno()).st_size, 1 << 16))))
+        full = len(view)
+        if hasattr(os, "posix_fadvise"):  # bigger readahead on a cold cache
+            with contextlib.suppress(OSError):  # unsupported here (pipe, some FUSE)
+                os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
+        readinto = f.readinto
+        sha_update = sha.update
+        xxh_update = xxh.update
+        while True:
+            if cancel is not None and cancel.is_set():
+                raise _Cancelled
+            n = readinto(view)
+            if not n:
+                break
+            chunk = view if n == full else view[:n]
+            sha_update(chunk)
+            xxh_update(chunk)
+            total += n
+            if progress is not None:
+                progress(n)
+    return FileHashes(total, sha.hexdigest(), xxh.hexdigest())
+
+
+def hash_file(
+    path: StrPath,
+    *,
+    progress: Callable[[int], None] | None = None,
+    buffer_size: int = DEFAULT_BUFFER_SIZE,
+) -> FileHashes:
+    """sha256 and xxh3_128 of `path` in one read pass.
+
+    `progress(n)` is called after each buffer with the number of bytes just read
+    (an increment, not a total); an exception it raises aborts hashing and
+    propagates (usable for cancellation). `size` is the number of bytes actually
+    read, which differs from an earlier `stat` if the file changed meanwhile.
+    Raises OSError when the file cannot be opened or read.
+    """
+    if buffer_size < 1:
+        raise ValueError(f"buffer_size must be positive, got {buffer_size}")
+    return _hash_path(path, buffer_size, progress, None)
+
+
+def hash_files(
+    paths: Iterable[P],
+    *,
+    workers: int | None = None,
+    buffer_size: int = DEFAULT_BUFFER_SIZE,
+    progress: Callable[[int], None] | None = None,
+) -> dict[P, FileHashes | OSError]:
+    """Hash several files in parallel threads (hashlib and xxhash release the GIL).
+
+    Returns one entry per distinct path, in input order: its FileHashes, or the
+    OSError that reading it raised (a missing or unreadable file never stops the
+    others). `workers` defaults to os.cpu_count(). `progress(n)`, if given, is
+    called from the worker threads, so it must be thread-safe. On an exception in
+    the caller's thread (Ctrl-C) or from `progress`, the remaining work is stopped
+    within one buffer and the exception propagates.
+    """
+    if buffer_size < 1:
+        raise ValueError(f"buffer_size must be positive, got {buffer_size}")
+    items = list(dict.fromkeys(paths))
+    results: dict[P, FileHashes | OSError] = {}
+    if not items:
+        return results
+    n_workers = max(1, min(workers or os.cpu_count() or 1, len(items)))
+    if n_workers == 1:
+        view = memoryview(bytearray(buffer_size))
+        for p in items:
+            try:
+                results[p] = _hash_path(p, view, progress, None)
+            except OSError as exc:
+                results[p] = exc
+        return results
+
+    cancel = threading.Event()
+    local = threading.local()  # one reused buffer per worker thread
+
+    def work(p: P) -> FileHashes | OSError:
+        view: memoryview | None = getattr(local, "view", None)
+        if view is None:
+            view = local.view = memoryview(bytearray(buffer_size))
+        try:
+            return _hash_path(p, view, progress, cancel)
+        except OSError as exc:
+            return exc
+
+    pool = ThreadPoolExecutor(n_workers, thread_name_prefix="modelsync-hash")
+    try:
+        futures: list[tuple[P, Future[FileHashes | OSError]]] = [
+            (p, pool.submit(work, p)) for p in items
+        ]
+        for p, fut in futures:
+            results[p] = fut.result()
+    except BaseException:
+        cancel.set()
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+    return results
+
+
+def normalize_hex(value: str) -> str:
+    """`value` stripped and lowercased; ValueError unless it is non-empty hex."""
+    s = value.strip().lower()
+    if not s or not _HEX_DIGITS.issuperset(s):
+        raise ValueError(f"not a hex digest: {value!r}")
+    return s
+
+
+def mismatches(
+    expected_sha256: str | None,
+    expected_xxh3: str | None,
+    actual: FileHashes,
+    *,
+    expected_size: int | None = None,
+) -> list[str]:
+    """One human line per expectation that `actual` does not meet (empty: all match).
+
+    Expected digests may be any case; None means "not pinned". Lines look like
+    "sha256 expected 31e3...7e5b got ab12...", with full lowercase hex.
+    """
+    problems: list[str] = []
+    if expected_size is not None and expected_size != actual.size:
+        problems.append(f"size expected {expected_size} got {actual.size}")
+    for name, expected, got in (
+        ("sha256", expected_sha256, actual.sha256),
+        ("xxh3_128", expected_xxh3, actual.xxh3_128),
+    ):
+        if expected is None:
+            continue
+        want = expected.strip().lower()
+        if want != got:
+            problems.append(f"{name} expected {want} got {got}")
+    return problems

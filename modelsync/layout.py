@@ -1,0 +1,51 @@
+"""Where modelsync keeps its own files under root (`<root>/.modelsync/`)."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+OWN_DIR = ".modelsync"
+PARTIAL_SUFFIX = ".aria2"  # aria2's control file beside a download in flight
+
+
+@dataclass(frozen=True)
+class Layout:
+    root: Path
+
+    @property
+    def own(self) -> Path:
+        return self.root / OWN_DIR
+
+    @property
+    def state_db(self) -> Path:
+        return self.own / "state.db"
+
+    @property
+    def tmp(self) -> Path:
+        return self.own / "tmp"
+
+    @property
+    def daemon_pid(self) -> Path:
+        return self.own / "aria2.pid"
+
+    @property
+    def lock(self) -> Path:
+        return self.own / "lock"
+
+    def target(self, relpath: str) -> Path:
+        return self.root / relpath
+
+    def partial(self, relpath: str) -> Path:
+        return self.tmp / tmp_name(relpath)
+
+
+def tmp_name(relpath: str) -> str:
+    """A flat, stable name in tmp/ for the download of `relpath`.
+
+    Keyed on the target path alone so that a resume finds its partial whatever the
+    URL (signed URLs change); a sidecar records what the partial is meant to become.
+    """
+    digest = hashlib.sha1(relpath.encode(), usedforsecurity=False).hexdigest()[:12]
+    return f"{digest}-{PurePosixPath(relpath).name}"

@@ -1,0 +1,40 @@
+"""What a source resolves an entry to, and what reconcile wants on disk."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """Where and what to download for one entry. Resolution never downloads the file.
+
+    `urls` are ordered (primary first, then mirrors). `headers` are sent by aria2 with
+    every request, so they must never hold a token for a host other than the URLs' own.
+    """
+
+    urls: tuple[str, ...]
+    filename: str
+    size: int | None = None
+    sha256: str | None = None
+    xxh3_128: str | None = None
+    headers: tuple[tuple[str, str], ...] = ()
+    commit: str | None = None  # Hugging Face commit the file was resolved at
+    size_is_exact: bool = True  # Civitai's sizeKB is approximate: space estimates only
+
+
+@dataclass(frozen=True)
+class Desired:
+    """One file the manifest wants, after resolution: the input of reconcile."""
+
+    name: str
+    path: str  # POSIX path relative to root
+    size: int | None = None  # exact size when known; used to judge files
+    sha256: str | None = None
+    xxh3_128: str | None = None
+    tags: tuple[str, ...] = field(default=())
+    estimated_size: int | None = None  # for space estimates when `size` is unknown
+
+    @property
+    def pinned(self) -> bool:
+        return bool(self.sha256 or self.xxh3_128)

@@ -1,0 +1,45 @@
+"""Plain URL entries: resolved offline from the manifest alone."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from modelsync.errors import SourceError
+from modelsync.manifest import Entry
+from modelsync.remote import RemoteFile
+
+if TYPE_CHECKING:
+    from modelsync.sources import SourceContext
+
+
+def mirror_urls(templates: tuple[str, ...], sha256: str | None, xxh3_128: str | None) -> list[str]:
+    """Fill content-addressed mirror templates ({sha256}, {xxh3_128}) we have hashes for."""
+    urls = []
+    for template in templates:
+        if "{sha256}" in template and not sha256:
+            continue
+        if "{xxh3_128}" in template and not xxh3_128:
+            continue
+        urls.append(
+            template.replace("{sha256}", sha256 or "").replace("{xxh3_128}", xxh3_128 or "")
+        )
+    return urls
+
+
+def resolve(entry: Entry, ctx: SourceContext) -> RemoteFile:
+    if entry.url is None:
+        raise SourceError(
+            f"{entry.display_name}: {entry.source} sources are not supported yet",
+            "use a plain url entry",
+        )
+    filename = entry.default_filename
+    assert filename is not None  # validated by the manifest
+    urls = [entry.url, *entry.mirrors]
+    urls += mirror_urls(ctx.settings.mirrors, entry.sha256, entry.xxh3_128)
+    return RemoteFile(
+        urls=tuple(dict.fromkeys(urls)),
+        filename=filename,
+        size=entry.size,
+        sha256=entry.sha256,
+        xxh3_128=entry.xxh3_128,
+    )

@@ -1,0 +1,424 @@
+"""The stat cache: which files were hashed, at which (size, mtime_ns, inode, device).
+
+`<root>/.modelsync/state.db` is a small SQLite database with one table, `files`,
+keyed by the file's POSIX path relative to root. A row says: "when this path had
+exactly this size, mtime_ns, inode and device, its content hashed to sha256 /
+xxh3_128". It does not say whether those hashes match any manifest; the caller
+compares them with what it wants. A second `plan` therefore reads no file content:
+one SELECT for all rows, one `stat` per file, compared in Python.
+
+Rules for callers:
+- Take the `os.stat_result` BEFORE hashing and pass that one to `record`. A file
+  written while it was being hashed then has a newer mtime (or another size) than
+  the row, so the next lookup misses and the file is hashed again. A stat taken
+  after hashing could pair new metadata with hashes of the old content. `record`
+  refuses (returns False) when the hashed size differs from that stat.
+- ctime is deliberately not part of the key: moving a verified download from tmp/
+  into place with rename() keeps size, mtime, inode and device but changes ctime,
+  so the stat of the tmp file (taken before hashing) stays valid after the move.
+- Residual blind spot, as for git/make: a same-size rewrite within the filesystem's
+  timestamp granularity of the pre-hash stat keeps the same mtime_ns.
+
+Robustness: a file that is not a SQLite database, a database with other tables,
+or another schema version (`PRAGMA user_version`) is moved aside to
+`state.db.corrupt` and rebuilt when opened with create=True; it is treated as an
+empty cache with create=False. Read and write failures at run time are logged and
+treated as cache misses / skipped updates: the cache is never worth failing a
+command for. WAL mode plus a busy timeout let several processes read and write.
+
+`StateDB.open(root, create=False)` never creates, moves or deletes anything: a
+missing database is an empty cache, and an existing one is opened read-only (with
+`immutable=1` when no writer has it open, so SQLite does not leave -wal/-shm files
+behind).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sqlite3
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path, PurePath, PurePosixPath
+from types import TracebackType
+from typing import TypeVar
+
+from modelsync.hashing import FileHashes
+
+__all__ = [
+    "BUSY_TIMEOUT_S",
+    "DB_NAME",
+    "OWN_DIR",
+    "SCHEMA_VERSION",
+    "Row",
+    "StateDB",
+]
+
+log = logging.getLogger(__name__)
+
+OWN_DIR = ".modelsync"
+DB_NAME = "state.db"
+SCHEMA_VERSION = 1
+BUSY_TIMEOUT_S = 30.0
+
+_COLUMNS = ("path", "size", "mtime_ns", "inode", "device", "sha256", "xxh3_128", "verified_at")
+_SCHEMA = """
+CREATE TABLE files (
+    path        TEXT    NOT NULL PRIMARY KEY,  -- POSIX path relative to root
+    size        INTEGER NOT NULL,
+    mtime_ns    INTEGER NOT NULL,
+    inode       INTEGER NOT NULL,              -- u64 stored as two's-complement i64
+    device      INTEGER NOT NULL,              -- u64 stored as two's-complement i64
+    sha256      TEXT    NOT NULL,              -- lowercase hex
+    xxh3_128    TEXT    NOT NULL,              -- lowercase hex
+    verified_at REAL    NOT NULL               -- unix time of the record
+) WITHOUT ROWID
+"""
+_SELECT = f"SELECT {', '.join(_COLUMNS)} FROM files"
+_UPSERT = f"INSERT OR REPLACE INTO files ({', '.join(_COLUMNS)}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+
+_U64 = 1 << 64
+_I64_MAX = (1 << 63) - 1
+
+RelPath = str | PurePath
+T = TypeVar("T")
+_Values = tuple[str, int, int, int, int, str, str, float]  # one `files` row, in _COLUMNS order
+
+
+def _to_i64(value: int) -> int:
+    """st_ino/st_dev are unsigned 64-bit; SQLite integers are signed 64-bit."""
+    value %= _U64
+    return value - _U64 if value > _I64_MAX else value
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """One cached verification. `inode` and `device` are unsigned, as os.stat gives them."""
+
+    path: str
+    size: int
+    mtime_ns: int
+    inode: int
+    device: int
+    sha256: str
+    xxh3_128: str
+    verified_at: float
+
+    def matches(self, st: os.stat_result) -> bool:
+        """True when `st` has the recorded size, mtime_ns, inode and device."""
+        return (
+            self.size == st.st_size
+            and self.mtime_ns == st.st_mtime_ns
+            and self.inode == st.st_ino % _U64
+            and self.device == st.st_dev % _U64
+        )
+
+    @property
+    def hashes(self) -> FileHashes:
+        return FileHashes(self.size, self.sha256, self.xxh3_128)
+
+
+def _row(values: _Values) -> Row:
+    path, size, mtime_ns, inode, device, sha256, xxh3_128, verified_at = values
+    return Row(path, size, mtime_ns, inode % _U64, device % _U64, sha256, xxh3_128, verified_at)
+
+
+def normalize_relpath(relpath: RelPath) -> str:
+    """The database key of a path relative to root: POSIX, no '.', no '//'.
+
+    ValueError for an absolute path, a '..' component, or the root itself.
+    """
+    text = relpath.as_posix() if isinstance(relpath, PurePath) else relpath
+    parts = text.split("/")
+    if "" not in parts and "." not in parts and ".." not in parts:
+        return text  # already canonical: the fast path (10,000 keys per plan)
+    p = PurePosixPath(text)
+    if p.is_absolute() or ".." in p.parts or not p.parts:
+        raise ValueError(f"not a path relative to root: {str(relpath)!r}")
+    return p.as_posix()
+
+
+class StateDB:
+    """The stat cache of one root. Use `StateDB.open(...)` as a context manager.
+
+    Methods are thread-safe (one lock around the connection).
+    """
+
+    def __init__(self, path: Path, conn: sqlite3.Connection | None, *, readonly: bool) -> None:
+        self.path = path
+        self.readonly = readonly
+        self._conn = conn
+        self._lock = threading.Lock()
+
+    # ---- opening -----------------------------------------------------------------
+
+    @classmethod
+    def open(cls, root: Path, *, create: bool) -> StateDB:
+        """Open `<root>/.modelsync/state.db`.
+
+        create=True: create the folder and database if needed; rebuild a corrupt,
+        foreign or other-version database (moved aside to `state.db.corrupt`).
+        create=False: read-only, writes nothing to disk; a missing, corrupt or
+        incompatible database is an empty cache, and record/forget raise RuntimeError.
+        """
+        db = Path(root) / OWN_DIR / DB_NAME
+        if not create:
+            return cls(db, _open_readonly(db), readonly=True)
+        return cls(db, _open_writable(db), readonly=False)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def __enter__(self) -> StateDB:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # ---- reading -----------------------------------------------------------------
+
+    def lookup(self, relpath: RelPath, st: os.stat_result) -> Row | None:
+        """The cached hashes of `relpath` if `st` (size, mtime_ns, inode, device) matches.
+
+        Takes the caller's stat result and never touches the file itself.
+        """
+        key = normalize_relpath(relpath)
+        found: list[_Values] = self._read(
+            lambda conn: conn.execute(f"{_SELECT} WHERE path = ?", (key,)).fetchall(), []
+        )
+        if not found:
+            return None
+        row = _row(found[0])
+        return row if row.matches(st) else None
+
+    def get_many(self, relpaths: Iterable[RelPath] | None = None) -> dict[str, Row]:
+        """Rows for `relpaths` (all rows when None), keyed as the caller spelled them.
+
+        One SELECT of the whole table, filtered in Python; no stat comparison here:
+        use `Row.matches(st)`.
+        """
+        values: list[_Values] = self._read(lambda conn: conn.execute(_SELECT).fetchall(), [])
+        if relpaths is None:
+            return {v[0]: _row(v) for v in values}
+        wanted: dict[str, list[str]] = {}
+        for rp in relpaths:
+            wanted.setdefault(normalize_relpath(rp), []).append(
+                rp.as_posix() if isinstance(rp, PurePath) else rp
+            )
+        out: dict[str, Row] = {}
+        for v in values:
+            spellings = wanted.get(v[0])
+            if spellings:
+                row = _row(v)
+                for s in spellings:
+                    out[s] = row
+        return out
+
+    # ---- writing -----------------------------------------------------------------
+
+    def record(self, relpath: RelPath, st: os.stat_result, hashes: FileHashes) -> bool:
+        """Remember that the file at `relpath`, as described by `st`, hashes to `hashes`.
+
+        `st` must be the stat taken BEFORE hashing (see the module docstring).
+        Returns False, recording nothing, when hashes.size != st.st_size: the file
+        changed while it was hashed.
+        """
+        return self.record_many([(relpath, st, hashes)]) == 1
+
+    def record_many(self, items: Iterable[tuple[RelPath, os.stat_result, FileHashes]]) -> int:
+        """`record` for several files in one transaction; returns how many were recorded."""
+        now = time.time()
+        params = []
+        for relpath, st, h in items:
+            if h.size != st.st_size:
+                log.debug("not caching %s: size %d at stat, %d hashed", relpath, st.st_size, h.size)
+                continue
+            params.append(
+                (
+                    normalize_relpath(relpath),
+                    st.st_size,
+                    st.st_mtime_ns,
+                    _to_i64(st.st_ino),
+                    _to_i64(st.st_dev),
+                    h.sha256.lower(),
+                    h.xxh3_128.lower(),
+                    now,
+                )
+            )
+        if params and self._write(lambda conn: conn.executemany(_UPSERT, params)):
+            return len(params)
+        return 0
+
+    def forget(self, relpath: RelPath) -> None:
+        """Drop the row of `relpath`, if any."""
+        self.forget_many([relpath])
+
+    def forget_many(self, relpaths: Iterable[RelPath]) -> None:
+        keys = [(normalize_relpath(rp),) for rp in relpaths]
+        if keys:
+            self._write(lambda conn: conn.executemany("DELETE FROM files WHERE path = ?", keys))
+
+    # ---- plumbing ----------------------------------------------------------------
+
+    def _read(self, fn: Callable[[sqlite3.Connection], T], default: T) -> T:
+        with self._lock:
+            if self._conn is None:
+                return default
+            try:
+                return fn(self._conn)
+            except sqlite3.DatabaseError as exc:
+                if isinstance(exc, sqlite3.ProgrammingError):
+                    raise
+                log.warning(
+                    "%s: cannot read the stat cache (%s); treating it as empty", self.path, exc
+                )
+                return default
+
+    def _write(self, fn: Callable[[sqlite3.Connection], object]) -> bool:
+        if self.readonly:
+            raise RuntimeError(f"{self.path}: opened with create=False (read-only)")
+        with self._lock:
+            conn = self._conn
+            if conn is None:  # closed
+                raise sqlite3.ProgrammingError("Cannot operate on a closed database.")
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                fn(conn)
+                conn.execute("COMMIT")
+                return True
+            except BaseException as exc:
+                if conn.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.DatabaseError) and not isinstance(
+                    exc, sqlite3.ProgrammingError
+                ):
+                    log.warning("%s: cannot update the stat cache (%s)", self.path, exc)
+                    return False
+                raise
+
+
+# ---- opening helpers ------------------------------------------------------------------
+
+
+def _uri(db: Path, **params: str) -> str:
+    return f"file:{urllib.parse.quote(str(db.absolute()))}?{urllib.parse.urlencode(params)}"
+
+
+def _connect(target: str, *, uri: bool) -> sqlite3.Connection:
+    conn = sqlite3.connect(
+        target,
+        timeout=BUSY_TIMEOUT_S,
+        isolation_level=None,  # autocommit; transactions are explicit
+        check_same_thread=False,  # guarded by StateDB._lock
+        uri=uri,
+    )
+    conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+    return conn
+
+
+def _schema_ok(conn: sqlite3.Connection) -> bool:
+    """Our schema version, exactly our one table with our columns."""
+    (version,) = conn.execute("PRAGMA user_version").fetchone()
+    objects = conn.execute(
+        "SELECT type, name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'"
+    ).fetchall()
+    if version != SCHEMA_VERSION or objects != [("table", "files")]:
+        return False
+    columns = tuple(r[1] for r in conn.execute("PRAGMA table_info(files)").fetchall())
+    return columns == _COLUMNS
+
+
+def _open_readonly(db: Path) -> sqlite3.Connection | None:
+    if not db.is_file():
+        return None
+    # mode=ro would create (and leave) state.db-wal/-shm when no writer has the
+    # database open; immutable=1 reads the main file only. When a writer is active
+    # (-wal present) its recent commits live in the WAL, so join it read-only.
+    wal_live = db.with_name(db.name + "-wal").exists()
+    conn = None
+    try:
+        conn = _connect(_uri(db, mode="ro") if wal_live else _uri(db, immutable="1"), uri=True)
+        if _schema_ok(conn):
+            return conn
+        log.info("%s: not a modelsync %d stat cache; ignoring it", db, SCHEMA_VERSION)
+    except sqlite3.DatabaseError as exc:
+        log.warning("%s: unreadable stat cache (%s); ignoring it", db, exc)
+    if conn is not None:
+        conn.close()
+    return None
+
+
+def _init_schema(conn: sqlite3.Connection) -> bool:
+    """Create the schema in an empty database; True when the database is usable."""
+    conn.execute("PRAGMA journal_mode = WAL")  # "file is not a database" surfaces here
+    conn.execute("PRAGMA synchronous = NORMAL")  # WAL: durable enough for a cache
+    conn.execute("BEGIN IMMEDIATE")  # serialize concurrent first-time creation
+    try:
+        (version,) = conn.execute("PRAGMA user_version").fetchone()
+        objects = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+        if version == 0 and objects == 0:
+            conn.execute(_SCHEMA)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            ok = True
+        else:
+            ok = _schema_ok(conn) and conn.execute("PRAGMA quick_check(1)").fetchone() == ("ok",)
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT" if ok else "ROLLBACK")
+    return ok
+
+
+def _move_aside(db: Path) -> None:
+    """state.db (and its WAL, which belongs to it) -> state.db.corrupt; drop -shm."""
+    aside = db.with_name(db.name + ".corrupt")
+    for suffix in ("", "-wal"):
+        src = db.with_name(db.name + suffix)
+        dst = aside.with_name(aside.name + suffix)
+        if src.exists():
+            os.replace(src, dst)
+        else:
+            dst.unlink(missing_ok=True)
+    for suffix in ("-shm", "-journal"):
+        db.with_name(db.name + suffix).unlink(missing_ok=True)
+
+
+def _open_writable(db: Path) -> sqlite3.Connection:
+    db.parent.mkdir(parents=True, exist_ok=True)
+    problem = ""
+    for attempt in range(2):
+        conn = None
+        try:
+            conn = _connect(str(db), uri=False)
+            if _init_schema(conn):
+                return conn
+            problem = "a foreign database or another schema version"
+        except sqlite3.DatabaseError as exc:
+            problem = str(exc)
+        if conn is not None:
+            conn.close()
+        if attempt == 0:
+            log.warning("%s: %s; moving it aside and starting an empty stat cache", db, problem)
+            try:
+                _move_aside(db)
+            except OSError as exc:
+                problem = f"cannot move it aside: {exc}"
+                break
+    log.warning("%s: unusable (%s); using an in-memory stat cache for this run", db, problem)
+    conn = _connect(":memory:", uri=False)
+    with contextlib.suppress(sqlite3.DatabaseError):
+        _init_schema(conn)
+    return conn

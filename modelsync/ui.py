@@ -1,0 +1,260 @@
+"""Rendering: human text on stderr (rich), or one JSON document on stdout."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+from rich.table import Table
+
+from modelsync.errors import ModelsyncError
+from modelsync.results import EntryResult, Report, Status
+
+err_console = Console(stderr=True, highlight=False)
+
+SYMBOLS = {
+    "ok": ("=", "green"),
+    "download": ("+", "cyan"),
+    "resume": (">", "cyan"),
+    "repair": ("~", "yellow"),
+    "verify": ("?", "blue"),
+}
+STATUS_STYLE = {
+    Status.OK: "green",
+    Status.DOWNLOADED: "cyan",
+    Status.REPAIRED: "yellow",
+    Status.LINKED: "cyan",
+    Status.FAILED: "red",
+    Status.SKIPPED: "dim",
+    Status.PENDING: "cyan",
+    Status.MISSING: "red",
+    Status.CORRUPT: "red",
+}
+
+
+def human_size(n: int | None) -> str:
+    if n is None:
+        return "?"
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+def report_json(report: Report) -> dict[str, Any]:
+    counts = {s.value: report.count(s) for s in Status if report.count(s)}
+    doc: dict[str, Any] = {
+        "schema": 1,
+        "command": report.command,
+        "root": str(report.root),
+        "entries": [
+            {
+                "name": e.name,
+                "path": e.path,
+                "action": e.action,
+                "status": e.status.value,
+                "size": e.size,
+                "bytes_downloaded": e.bytes_downloaded,
+                "error": e.error,
+            }
+            for e in report.entries
+        ],
+        "unmanaged": [{"path": u.path, "size": u.size} for u in report.unmanaged],
+        "totals": {
+            "download_bytes": report.download_bytes,
+            "free_bytes": report.free_bytes,
+            **counts,
+        },
+        "warnings": list(report.warnings),
+    }
+    if report.pruned:
+        doc["pruned"] = list(report.pruned)
+    return doc
+
+
+def print_json(report: Report) -> None:
+    sys.stdout.write(json.dumps(report_json(report), indent=2) + "\n")
+    sys.stdout.flush()
+
+
+def print_warnings(report: Report) -> None:
+    for warning in report.warnings:
+        err_console.print(f"[yellow]warning:[/] {escape(warning)}")
+
+
+def print_plan(report: Report) -> None:
+    table = Table.grid(padding=(0, 2))
+    for e in report.entries:
+        symbol, style = SYMBOLS.get(e.action, ("!", "red"))
+        if e.status is Status.FAILED:
+            symbol, style = "!", "red"
+        detail = e.error or e.detail
+        table.add_row(
+            f"[{style}]{symbol}[/]",
+            escape(e.path or e.name),
+            human_size(e.size),
+            f"[{style}]{e.action if e.status is not Status.FAILED else 'failed'}[/]",
+            f"[dim]{escape(detail)}[/]" if detail and e.action != "ok" else "",
+        )
+    for u in report.unmanaged:
+        table.add_row(
+            "[magenta]-[/]", escape(u.path), human_size(u.size), "[magenta]unmanaged[/]", ""
+        )
+    err_console.print(table)
+    print_warnings(report)
+    pending: dict[str, int] = {}
+    for e in report.entries:
+        if e.action != "ok" or e.status is Status.FAILED:
+            key = "failed" if e.status is Status.FAILED else e.action
+            pending[key] = pending.get(key, 0) + 1
+    summary = ", ".join(
+        f"{n} to {k}" if k != "failed" else f"{n} failed" for k, n in pending.items()
+    )
+    ok = sum(1 for e in report.entries if e.action == "ok" and e.status is Status.OK)
+    err_console.print(
+        f"Plan: {summary or 'nothing to do'}; {ok} ok"
+        + (f", {len(report.unmanaged)} unmanaged" if report.unmanaged else "")
+        + f". {human_size(report.download_bytes)} to download, "
+        f"{human_size(report.free_bytes)} free on root's filesystem."
+    )
+
+
+def print_entries(report: Report) -> None:
+    """verify/apply: one line per entry, then the counts."""
+    for e in report.entries:
+        style = STATUS_STYLE[e.status]
+        line = f"[{style}]{e.status.value:>10}[/]  {escape(e.path or e.name)}"
+        if e.error:
+            line += f"\n            [red]{escape(e.error)}[/]"
+        err_console.print(line)
+    print_warnings(report)
+    counts = ", ".join(f"{report.count(s)} {s.value}" for s in Status if report.count(s))
+    err_console.print(
+        f"{report.command.capitalize()}: {counts or 'no entries'} ({report.elapsed:.1f}s)"
+    )
+
+
+def print_error(exc: ModelsyncError) -> None:
+    err_console.print(f"[red]error:[/] {escape(exc.message)}")
+    if exc.hint:
+        err_console.print(f"[dim]hint:[/] {escape(exc.hint)}")
+
+
+class LineReporter:
+    """No terminal (or --no-progress): one line per finished file, warnings as they come."""
+
+    def __init__(self, console: Console = err_console) -> None:
+        self.console = console
+
+    def begin(self, files: int, total_bytes: int) -> None:
+        if files:
+            self.console.print(f"{files} file(s) to process, {human_size(total_bytes)} to download")
+
+    def file_progress(
+        self, name: str, done: int, total: int | None, speed: int, connections: int
+    ) -> None:
+        pass
+
+    def file_finished(self, result: EntryResult) -> None:
+        style = STATUS_STYLE[result.status]
+        line = f"[{style}]{result.status.value:>10}[/]  {escape(result.path or result.name)}"
+        if result.bytes_downloaded:
+            line += f"  ({human_size(result.bytes_downloaded)})"
+        if result.error:
+            line += f"\n            [red]{escape(result.error)}[/]"
+        self.console.print(line)
+
+    def warn(self, message: str) -> None:
+        self.console.print(f"[yellow]warning:[/] {escape(message)}")
+
+    def end(self) -> None:
+        pass
+
+
+class BarReporter(LineReporter):
+    """A terminal: one bar per active file (bytes, speed, ETA, connections) plus a total."""
+
+    def __init__(self, console: Console = err_console) -> None:
+        super().__init__(console)
+        self.progress = Progress(
+            TextColumn("{task.description}", markup=False),
+            BarColumn(),
+            DownloadColumn(binary_units=True),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[conns]}", markup=False),
+            console=console,
+            transient=False,
+        )
+        self.tasks: dict[str, TaskID] = {}
+        self.done: dict[str, int] = {}
+        self.total: TaskID | None = None
+
+    def begin(self, files: int, total_bytes: int) -> None:
+        self.progress.start()
+        self.total = self.progress.add_task("total", total=total_bytes or None, conns="")
+
+    def file_progress(
+        self, name: str, done: int, total: int | None, speed: int, connections: int
+    ) -> None:
+        if name not in self.tasks:
+            self.tasks[name] = self.progress.add_task(name, total=total, conns="")
+        self.progress.update(
+            self.tasks[name], completed=done, total=total, conns=f"{connections} conn"
+        )
+        self.done[name] = done
+        if self.total is not None:
+            self.progress.update(self.total, completed=sum(self.done.values()))
+
+    def file_finished(self, result: EntryResult) -> None:
+        task = self.tasks.pop(result.name, None)
+        if task is not None:
+            self.progress.remove_task(task)
+        self.progress.console.print(self._line(result))
+
+    def _line(self, result: EntryResult) -> str:
+        style = STATUS_STYLE[result.status]
+        line = f"[{style}]{result.status.value:>10}[/]  {escape(result.path or result.name)}"
+        if result.error:
+            line += f"\n            [red]{escape(result.error)}[/]"
+        return line
+
+    def warn(self, message: str) -> None:
+        self.progress.console.print(f"[yellow]warning:[/] {escape(message)}")
+
+    def end(self) -> None:
+        self.progress.stop()
+
+
+def print_summary(report: Report) -> None:
+    """apply's closing lines: counts, bytes, time, average speed, unmanaged files."""
+    counts = ", ".join(f"{report.count(s)} {s.value}" for s in Status if report.count(s))
+    speed = report.download_bytes / report.elapsed if report.elapsed else 0
+    err_console.print(
+        f"Apply: {counts or 'no entries'}; {human_size(report.download_bytes)} downloaded "
+        f"in {report.elapsed:.1f}s ({human_size(int(speed))}/s)"
+    )
+    for path in report.pruned:
+        err_console.print(f"[magenta]pruned[/]  {escape(path)}")
+    if report.unmanaged:
+        err_console.print(
+            f"{len(report.unmanaged)} unmanaged file(s) in managed folders "
+            "(see `modelsync plan`; `apply --prune` removes them)"
+        )
+    for e in report.entries:
+        if e.status is Status.FAILED:
+            err_console.print(f"[red]failed:[/] {escape(e.name)}: {escape(e.error or '')}")

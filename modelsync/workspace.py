@@ -1,0 +1,104 @@
+"""One manifest applied to one root: selection, resolution and the plan."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from modelsync.errors import ModelsyncError
+from modelsync.inventory import find_unmanaged, observe
+from modelsync.layout import Layout
+from modelsync.manifest import Entry, Manifest, check_paths_inside
+from modelsync.reconcile import Plan, reconcile
+from modelsync.remote import Desired, RemoteFile
+from modelsync.sources import SourceContext, resolve
+from modelsync.state import StateDB
+
+
+@dataclass(frozen=True)
+class Target:
+    """An entry with what it resolved to; `error` when resolution failed."""
+
+    entry: Entry
+    desired: Desired | None
+    remote: RemoteFile | None = None
+    error: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.entry.display_name
+
+
+def desired_for(entry: Entry, remote: RemoteFile) -> Desired:
+    """The manifest's own pins win; the source's published ones fill the gaps."""
+    exact = remote.size if remote.size_is_exact else None
+    relpath = entry.relpath(entry.filename or remote.filename)
+    assert relpath is not None
+    return Desired(
+        name=entry.display_name,
+        path=relpath,
+        size=entry.size if entry.size is not None else exact,
+        sha256=entry.sha256 or remote.sha256,
+        xxh3_128=entry.xxh3_128 or remote.xxh3_128,
+        tags=entry.tags,
+        estimated_size=None if remote.size_is_exact else remote.size,
+    )
+
+
+class Workspace:
+    def __init__(
+        self, manifest: Manifest, root: Path, env: Mapping[str, str], only: list[str] | None = None
+    ) -> None:
+        self.manifest = manifest
+        self.root = root
+        self.layout = Layout(root)
+        self.env = env
+        self.entries = manifest.select(only)
+        if only and not self.entries:
+            known = ", ".join(sorted({e.display_name for e in manifest.models}))
+            raise ModelsyncError(
+                f"--only {' '.join(only)} matches no entry name or tag",
+                f"names in {manifest.path.name}: {known}",
+            )
+        check_paths_inside(manifest, root)
+        self.sources = SourceContext(manifest.settings, env)
+
+    def require_lock(self) -> None:
+        """--locked: refuse to run without a lock file."""
+        lock = self.manifest.lock_path
+        if not lock.exists():
+            raise ModelsyncError(
+                f"--locked: {lock} does not exist",
+                f"run `modelsync lock {self.manifest.path}` and commit {lock.name}",
+            )
+
+    def targets(self) -> list[Target]:
+        out = []
+        for entry in self.entries:
+            try:
+                remote = resolve(entry, self.sources)
+            except ModelsyncError as exc:
+                out.append(Target(entry, None, error=str(exc)))
+                continue
+            out.append(Target(entry, desired_for(entry, remote), remote))
+        return out
+
+    def plan(self, targets: list[Target], state: StateDB | None) -> Plan:
+        desired = [t.desired for t in targets if t.desired is not None]
+        observed = observe(self.layout, desired, state)
+        known, unknown_dirs = self._all_paths(targets)
+        return reconcile(desired, observed, find_unmanaged(self.layout, known, unknown_dirs))
+
+    def _all_paths(self, targets: list[Target]) -> tuple[set[str], set[str]]:
+        """Every path the whole manifest wants (not just --only), so others aren't unmanaged."""
+        resolved = {t.entry.display_name: t.desired.path for t in targets if t.desired}
+        known: set[str] = set()
+        unknown_dirs: set[str] = set()
+        for entry in self.manifest.models:
+            path = resolved.get(entry.display_name) or entry.relpath()
+            if path is None:
+                unknown_dirs.add(entry.dir or ".")
+            else:
+                known.add(path)
+        return known, unknown_dirs

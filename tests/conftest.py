@@ -1,0 +1,65 @@
+"""Shared fixtures: local servers and manifests on disk."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.servers import FileServer
+
+
+@pytest.fixture
+def fileserver() -> Iterator[FileServer]:
+    with FileServer() as server:
+        yield server
+
+
+def blob(size: int, seed: int = 0) -> bytes:
+    return random.Random(seed).randbytes(size)
+
+
+@dataclass
+class Served:
+    """A file the server holds, with its pins."""
+
+    path: str
+    data: bytes
+    url: str
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.data).hexdigest()
+
+
+def serve(server: FileServer, path: str, size: int, seed: int = 0) -> Served:
+    data = blob(size, seed)
+    return Served(path, data, server.add_bytes(path, data))
+
+
+def toml_value(value: Any) -> str:
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    return str(value)
+
+
+def write_manifest(
+    path: Path, entries: list[dict[str, Any]], settings: dict[str, Any] | None = None
+) -> Path:
+    lines = ["[settings]"]
+    for key, value in ({"root": "models"} | (settings or {})).items():
+        lines.append(f"{key} = {toml_value(value)}")
+    for entry in entries:
+        lines.append("\n[[models]]")
+        lines += [f"{k} = {toml_value(v)}" for k, v in entry.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path

@@ -1,0 +1,196 @@
+"""Bad manifests: exit 2, a message naming entry and key, nothing created under root."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from modelsync.manifest import load_manifest, parse_rate, resolve_root
+from tests.clirun import modelsync
+
+SHA = "31e35c80fc4829d14f90153f4c74cd59c90b779f6afe05a74cd6120b893f7e5b"
+HEADER = '[settings]\nroot = "models"\n\n'
+GOOD = (
+    f'[[models]]\nurl = "http://127.0.0.1:9/a.safetensors"\ndir = "checkpoints"\nsha256 = "{SHA}"\n'
+)
+
+BAD_CASES = [
+    # (id, manifest body, fragments that must all appear in stderr)
+    ("toml-syntax", '[[models]]\nurl = "http://x/a"\ndir = = "c"\n', ["line 6, column 7", "TOML"]),
+    (
+        "unknown-key",
+        GOOD.replace("sha256", "sha265"),
+        ["models[0] (a.safetensors)", "'sha265'", "did you mean 'sha256'", "line 7"],
+    ),
+    (
+        "unknown-setting",
+        "[settings]\nmax_concurent = 2\n" + GOOD,
+        ["'max_concurent'", "max_concurrent"],
+    ),
+    ("unknown-top-level", "modles = []\n" + HEADER + GOOD, ["'modles'", "did you mean 'models'"]),
+    (
+        "two-sources",
+        GOOD.replace('dir = "checkpoints"', 'dir = "checkpoints"\nhf = "org/repo"\nfile = "a"'),
+        ["models[0]", "two sources", "url and hf"],
+    ),
+    ("no-source", '[[models]]\nname = "lonely"\ndir = "x"\n', ["models[0] (lonely)", "no source"]),
+    ("hf-without-file", '[[models]]\nhf = "org/repo"\n', ["models[0]", "file"]),
+    (
+        "short-hash",
+        GOOD.replace(SHA, SHA[:-1]),
+        ["models[0]", "'sha256'", "64 hex characters, got 63"],
+    ),
+    ("non-hex-hash", GOOD.replace(SHA, "z" * 64), ["'sha256'", "hexadecimal"]),
+    ("bad-xxh3", GOOD + 'xxh3_128 = "123"\n', ["'xxh3_128'", "32 hex"]),
+    ("absolute-dir", GOOD.replace('"checkpoints"', '"/etc"'), ["'dir'", "not absolute"]),
+    ("dotdot-dir", GOOD.replace('"checkpoints"', '"a/../../b"'), ["'dir'", "'..'"]),
+    ("dotdot-filename", GOOD + 'filename = ".."\n', ["'filename'", "plain file name"]),
+    ("slash-filename", GOOD + 'filename = "x/y.bin"\n', ["'filename'"]),
+    ("negative-size", GOOD + "size = -1\n", ["'size'"]),
+    ("bad-rate", '[settings]\nmax_speed = "fast"\n' + GOOD, ["'max_speed'", "50M"]),
+    ("too-many-connections", "[settings]\nconnections = 32\n" + GOOD, ["'connections'", "16"]),
+    (
+        "duplicate-path",
+        GOOD + GOOD.replace("[[models]]", '[[models]]\nname = "other"'),
+        ["models[1] (other)", "also the target of models[0]"],
+    ),
+    (
+        "duplicate-name",
+        GOOD + GOOD.replace('dir = "checkpoints"', 'dir = "vae"'),
+        ["models[1]", "already used by models[0]"],
+    ),
+    ("empty", "", ["no [[models]] entries"]),
+    ("url-scheme", GOOD.replace("http://127.0.0.1:9", "ftp://h"), ["url must start with http"]),
+    ("version", "version = 2\n" + HEADER + GOOD, ["version"]),
+]
+
+
+@pytest.mark.parametrize(
+    ("body", "fragments"), [c[1:] for c in BAD_CASES], ids=[c[0] for c in BAD_CASES]
+)
+def test_bad_manifest_exits_2_and_touches_nothing(
+    tmp_path: Path, body: str, fragments: list[str]
+) -> None:
+    body = body if "[settings]" in body else HEADER + body
+    manifest = tmp_path / "models.toml"
+    manifest.write_text(body)
+    for command in (["plan"], ["verify"]):
+        run = modelsync(*command, manifest, cwd=tmp_path)
+        assert run.code == 2, run.stderr
+        assert "Traceback" not in run.stderr
+        assert "models.toml" in run.stderr
+        for fragment in fragments:
+            assert fragment in run.stderr, f"{fragment!r} not in {run.stderr}"
+        assert run.stdout == ""
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["models.toml"]
+
+
+def test_missing_manifest(tmp_path: Path) -> None:
+    run = modelsync("plan", tmp_path / "nope.toml", cwd=tmp_path)
+    assert run.code == 2
+    assert "nope.toml" in run.stderr and "not found" in run.stderr
+    assert "Traceback" not in run.stderr
+
+
+def test_several_problems_reported_at_once(tmp_path: Path) -> None:
+    manifest = tmp_path / "models.toml"
+    manifest.write_text(HEADER + GOOD.replace("sha256", "sha265") + '\n[[models]]\nname = "x"\n')
+    run = modelsync("plan", manifest, cwd=tmp_path)
+    assert run.code == 2
+    assert "'sha265'" in run.stderr and "models[1] (x)" in run.stderr
+
+
+def test_symlink_escaping_root_is_refused(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    root = tmp_path / "models"
+    root.mkdir()
+    (root / "checkpoints").symlink_to(outside)
+    manifest = tmp_path / "models.toml"
+    manifest.write_text(HEADER + GOOD)
+    run = modelsync("plan", manifest, cwd=tmp_path)
+    assert run.code == 2
+    assert "models[0]" in run.stderr and "outside root" in run.stderr
+    assert sorted(os.listdir(root)) == ["checkpoints"] and not any(outside.iterdir())
+
+
+def test_only_that_matches_nothing_is_a_usage_error(tmp_path: Path) -> None:
+    manifest = tmp_path / "models.toml"
+    manifest.write_text(HEADER + GOOD)
+    run = modelsync("plan", manifest, "--only", "nothing", cwd=tmp_path)
+    assert run.code == 2 and "matches no entry" in run.stderr and "a.safetensors" in run.stderr
+
+
+def test_defaults_and_normalisation(tmp_path: Path) -> None:
+    manifest = tmp_path / "m.toml"
+    manifest.write_text(
+        '[settings]\nmax_speed = "50M"\n'
+        '[[models]]\nurl = "https://h/x/a%20b.safetensors?download=true"\ndir = "./ckpt/"\n'
+        f'sha256 = "{SHA.upper()}"\n'
+        '[[models]]\nhf = "org/repo"\nfile = "unet/model.safetensors"\ndir = "unet"\ntags = ["t"]\n'
+        '[[models]]\ncivitai = 128713\ndir = "loras"\n'
+    )
+    m = load_manifest(manifest)
+    a, b, c = m.models
+    assert m.settings.max_speed == 50 * 1024 * 1024
+    assert a.display_name == "a b.safetensors" and a.relpath() == "ckpt/a b.safetensors"
+    assert a.sha256 == SHA
+    assert b.display_name == "model.safetensors" and b.relpath() == "unet/model.safetensors"
+    assert c.display_name == "civitai-128713" and c.relpath() is None
+    assert [e.display_name for e in m.select(["t"])] == ["model.safetensors"]
+    assert [e.display_name for e in m.select(["civitai-128713", "a b.safetensors"])] == [
+        "a b.safetensors",
+        "civitai-128713",
+    ]
+    assert m.lock_path == tmp_path / "m.lock"
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [("0", 0), ("500K", 512000), ("1G", 1 << 30), ("1.5M", 1572864), ("2MiB/s", 2 << 20)],
+)
+def test_parse_rate(text: str, value: int) -> None:
+    assert parse_rate(text) == value
+
+
+def test_root_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    manifest = tmp_path / "teams" / "m.toml"
+    manifest.parent.mkdir()
+    manifest.write_text(HEADER + GOOD)
+    m = load_manifest(manifest)
+    assert resolve_root(m, None, {}) == tmp_path / "teams" / "models"
+    assert resolve_root(m, None, {"MODELSYNC_ROOT": str(tmp_path / "env")}) == tmp_path / "env"
+    assert resolve_root(m, str(tmp_path / "cli"), {"MODELSYNC_ROOT": "x"}) == tmp_path / "cli"
+    bare = load_manifest(_write(tmp_path / "bare.toml", GOOD))
+    monkeypatch.chdir(tmp_path)
+    assert resolve_root(bare, None, {}) == tmp_path
+
+
+def test_plan_json_on_a_fresh_root(tmp_path: Path) -> None:
+    manifest = _write(tmp_path / "models.toml", HEADER + GOOD + "size = 10\n")
+    run = modelsync("plan", manifest, "--json", cwd=tmp_path)
+    assert run.code == 0, run.stderr
+    doc = json.loads(run.stdout)
+    assert doc["schema"] == 1 and doc["command"] == "plan"
+    [entry] = doc["entries"]
+    assert entry == {
+        "name": "a.safetensors",
+        "path": "checkpoints/a.safetensors",
+        "action": "download",
+        "status": "pending",
+        "size": 10,
+        "bytes_downloaded": 0,
+        "error": None,
+    }
+    assert doc["totals"]["download_bytes"] == 10 and doc["totals"]["free_bytes"] > 0
+    assert not (tmp_path / "models").exists()  # plan never writes under root
+    check = modelsync("plan", manifest, "--check", cwd=tmp_path)
+    assert check.code == 1
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
