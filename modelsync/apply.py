@@ -20,7 +20,7 @@ from modelsync.progress import NullReporter, Reporter
 from modelsync.reconcile import ActionKind, Plan
 from modelsync.remote import RemoteFile
 from modelsync.results import EntryResult, Report, Status, free_bytes
-from modelsync.sources import resolve
+from modelsync.sources import locate
 from modelsync.state import StateDB
 from modelsync.ui import human_size
 from modelsync.workspace import Target, Workspace
@@ -144,7 +144,6 @@ def run_apply(
             check_space(ws, plan)
             for warning in unpinned_warnings(targets):
                 reporter.warn(warning)
-            remotes = {t.name: t.remote for t in targets if t.remote is not None}
             results = failed_targets(targets, "download")
             if plan.in_sync:
                 results += _all_ok(plan)
@@ -155,7 +154,7 @@ def run_apply(
                     ws.layout,
                     lambda: open_daemon(ws, request, jobs, speed),
                     state,
-                    resolver=lambda name: _fresh(ws, targets, name),
+                    resolver=lambda name, fresh: _locate(ws, targets, name, fresh),
                     options=ApplyOptions(
                         jobs=jobs,
                         connections=request.connections
@@ -168,7 +167,7 @@ def run_apply(
                 )
                 if any(a.kind is not ActionKind.VERIFY for a in plan.pending):
                     executor.daemon  # noqa: B018 - fail (exit 2) before any work if aria2 is unusable
-                results += executor.run(plan, remotes)
+                results += executor.run(plan)
                 ws.layout.daemon_pid.unlink(missing_ok=True)
         order = {t.name: i for i, t in enumerate(targets)}
         results.sort(key=lambda r: order[r.name])
@@ -190,9 +189,9 @@ def run_apply(
     )
 
 
-def _fresh(ws: Workspace, targets: list[Target], name: str) -> RemoteFile:
+def _locate(ws: Workspace, targets: list[Target], name: str, fresh: bool) -> RemoteFile:
     entry = next(t.entry for t in targets if t.name == name)
-    return resolve(entry, ws.sources, fresh=True)
+    return locate(entry, ws.sources, fresh=fresh)
 
 
 def _all_ok(plan: Plan) -> list[EntryResult]:

@@ -56,7 +56,9 @@ def connections_for(size: int | None, override: int = 0) -> int:
     return max(1, min(MAX_CONNECTIONS, math.ceil(size / (2 * MIN_SEGMENT))))
 
 
-Resolver = Callable[[str], RemoteFile]  # entry name → freshly resolved RemoteFile
+# (entry name, fresh) → where aria2 can fetch it right now. Called at every add: the first
+# time fresh=False (a cached answer will do), on retries fresh=True (signed URLs expire).
+Resolver = Callable[[str, bool], RemoteFile]
 
 
 @dataclass
@@ -139,17 +141,13 @@ class Executor:
             self._daemon.close()
             self._daemon = None
 
-    def run(self, plan: Plan, remotes: dict[str, RemoteFile]) -> list[EntryResult]:
+    def run(self, plan: Plan) -> list[EntryResult]:
         self.layout.tmp.mkdir(parents=True, exist_ok=True)
         pending = [a for a in plan.actions if a.kind is not ActionKind.OK]
         self.reporter.begin(len(pending), plan.download_bytes)
         try:
             for action in pending:
-                job = Job(
-                    action,
-                    remotes.get(action.desired.name),
-                    self.layout.partial(action.desired.path),
-                )
+                job = Job(action, None, self.layout.partial(action.desired.path))
                 if action.kind is ActionKind.VERIFY:
                     self._submit(job, self._hash_in_place)
                 else:
@@ -192,9 +190,6 @@ class Executor:
         self.hashing[self.pool.submit(fn, job)] = job
 
     def _start_download(self, job: Job) -> None:
-        if job.remote is None:
-            self._fail(job, "no download URL resolved for this entry")
-            return
         self._discard_stale_partial(job)
         if self.tmp_complete(job):
             # Downloaded before a crash, never placed: verify it instead of fetching again.
@@ -232,14 +227,11 @@ class Executor:
         job.sidecar.write_text(want)
 
     def _add_to_aria2(self, job: Job, *, fresh: bool) -> None:
-        remote = job.remote
-        assert remote is not None
-        if fresh:
-            try:
-                remote = job.remote = self.resolver(job.desired.name)
-            except ModelsyncError as exc:
-                self._fail(job, str(exc))
-                return
+        try:
+            remote = job.remote = self.resolver(job.desired.name, fresh)
+        except ModelsyncError as exc:
+            self._fail(job, str(exc))
+            return
         job.attempts += 1
         size = job.desired.size or remote.size
         n = connections_for(size, self.options.connections)

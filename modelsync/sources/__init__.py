@@ -30,6 +30,15 @@ def resolve(entry: Entry, ctx: SourceContext, *, fresh: bool = False) -> RemoteF
     return remote
 
 
+def locate(entry: Entry, ctx: SourceContext, *, fresh: bool = False) -> RemoteFile:
+    """Where aria2 can fetch `entry` right now: final URLs (redirects to other hosts
+    already followed, signed) and only headers meant for those URLs' own hosts.
+
+    Called when a download is added to aria2, and again with fresh=True on each retry.
+    """
+    return resolve(entry, ctx, fresh=fresh)
+
+
 def needs_network(entry: Entry) -> bool:
     """True when resolving `entry` asks a server (HF/Civitai metadata)."""
     return entry.source != "url"
