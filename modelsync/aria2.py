@@ -93,6 +93,8 @@ _STATUSES: Final[frozenset[str]] = frozenset(
 _STOPPED: Final[frozenset[str]] = frozenset({"error", "complete", "removed"})
 _STATUS_KEYS: Final = [
     "gid",
+    "bitfield",
+    "pieceLength",
     "status",
     "totalLength",
     "completedLength",
@@ -457,11 +459,37 @@ class DownloadStatus:
     error_code: int | None
     error_message: str | None
     files: tuple[str, ...]
+    bitfield: str = ""  # hex, one bit per piece, most significant first
+    piece_length: int = 0
+
+    @property
+    def contiguous_bytes(self) -> int:
+        """Bytes from offset 0 that aria2 has completely written (the hashable prefix)."""
+        if not self.bitfield or not self.piece_length:
+            return 0
+        pieces = 0
+        for digit in self.bitfield:
+            value = int(digit, 16)
+            if value == 0xF:
+                pieces += 4
+                continue
+            pieces += _leading_ones(value)
+            break
+        return min(pieces * self.piece_length, self.total_length)
 
     @property
     def stopped(self) -> bool:
         """True once aria2 will do nothing more for it (complete, error or removed)."""
         return self.status in _STOPPED
+
+
+def _leading_ones(nibble: int) -> int:
+    count = 0
+    for bit in (8, 4, 2, 1):
+        if not nibble & bit:
+            break
+        count += 1
+    return count
 
 
 def _int(value: object) -> int:
@@ -490,6 +518,8 @@ def _parse_status(gid: str, raw: Mapping[str, Any]) -> DownloadStatus:
         error_code=code or None,
         error_message=redact_urls(str(message)) if message else None,
         files=files,
+        bitfield=str(raw.get("bitfield", "")),
+        piece_length=_int(raw.get("pieceLength", 0)),
     )
 
 
@@ -639,6 +669,9 @@ def _spawn_options(max_concurrent: int, max_overall_speed: int) -> dict[str, str
         "auto-file-renaming": "false",
         "always-resume": "true",
         "auto-save-interval": "10",
+        # write received bytes straight to the file, so that a piece aria2 reports as
+        # complete can be read back and hashed while the rest is still downloading
+        "disk-cache": "0",
         # no preallocation: instant start on every filesystem; falloc fails outright on
         # filesystems without fallocate() and blocks aria2 (RPC included) where emulated
         "file-allocation": "none",

@@ -152,6 +152,46 @@ def apply(
     raise typer.Exit(report.exit_code)
 
 
+@app.command()
+def lock(
+    manifest: ManifestArg,
+    root: RootOpt = None,
+    upgrade: Annotated[
+        bool,
+        typer.Option("--upgrade", help="Resolve every entry again (floating revisions move)."),
+    ] = False,
+    no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bars.")] = False,
+) -> None:
+    """Pin every entry in <manifest stem>.lock (downloads only files that no hash pins)."""
+    from modelsync.lockcmd import run_lock
+
+    ws = open_workspace(manifest, root, None)
+    interactive = ui.err_console.is_terminal and not no_progress
+    result = run_lock(
+        ws, upgrade=upgrade, reporter=ui.BarReporter() if interactive else ui.LineReporter()
+    )
+    ui.print_lock(result)
+    raise typer.Exit(result.exit_code)
+
+
+@app.command()
+def add(
+    manifest: ManifestArg,
+    source: Annotated[
+        str,
+        typer.Argument(help="A URL, hf://org/repo/path[@revision] or civitai:<version id>."),
+    ],
+    folder: Annotated[str, typer.Option("--dir", help="Folder under root for the file.")],
+    name: Annotated[
+        str | None, typer.Option("--name", help="Entry name (default: the file name).")
+    ] = None,
+) -> None:
+    """Resolve SOURCE and append it to the manifest, with its size and sha256."""
+    from modelsync.addcmd import run_add
+
+    ui.print_added(run_add(manifest, source, folder, name, dict(os.environ)))
+
+
 def _ask_prune(paths: list[str]) -> bool:
     for path in paths:
         ui.err_console.print(f"  - {path}")

@@ -14,7 +14,8 @@ from modelsync.workspace import Target, Workspace
 
 
 def unpinned_warnings(targets: list[Target]) -> list[str]:
-    return [
+    """Entries that cannot be checked, and entries the lock no longer covers."""
+    return [t.warning for t in targets if t.warning] + [
         f"{t.name}: no sha256 or xxh3_128 pinned; the file cannot be checked "
         "(add a hash, or run `modelsync lock`)"
         for t in targets
@@ -89,7 +90,8 @@ def run_verify(ws: Workspace) -> Report:
             continue
         to_hash[path] = (t, st)
     hashed = hash_files(list(to_hash))
-    with StateDB.open(ws.root, create=True) as state:
+    # Nothing present: open no database, so verify of an empty root creates nothing.
+    with StateDB.open(ws.root, create=bool(to_hash)) as state:
         for path, (t, st) in to_hash.items():
             assert t.desired is not None
             d = t.desired

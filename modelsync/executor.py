@@ -18,7 +18,7 @@ from pathlib import Path
 
 from modelsync.aria2 import Aria2Daemon, Aria2RpcError, DownloadStatus
 from modelsync.errors import ModelsyncError
-from modelsync.hashing import FileHashes, hash_file
+from modelsync.hashing import FileHashes, PrefixHasher, hash_file
 from modelsync.layout import PARTIAL_SUFFIX, Layout
 from modelsync.progress import NullReporter, Reporter
 from modelsync.reconcile import Action, ActionKind, Plan, hash_mismatches
@@ -28,6 +28,7 @@ from modelsync.results import EntryResult, Status
 from modelsync.state import StateDB
 
 MIB = 1 << 20
+HASH_STEP = 32 * MIB  # hash a download's finished prefix in steps of at least this
 MIN_SEGMENT = 8 * MIB  # aria2 splits files in segments of at least this much
 MAX_CONNECTIONS = 16  # aria2's cap per server
 # aria2 error codes that retrying the same URL cannot fix (see aria2c(1), EXIT STATUS).
@@ -76,6 +77,7 @@ class Job:
     last_change: float = field(default_factory=time.monotonic)
     retry_at: float | None = None
     repairing: bool = False  # a verify that failed turns into a repair
+    prefix: PrefixHasher | None = None  # hashes the finished prefix during the download
 
     @property
     def desired(self) -> Desired:
@@ -92,6 +94,14 @@ class Job:
 
 @dataclass(frozen=True)
 class Placed:
+    hashes: FileHashes
+    stat: os.stat_result
+
+
+@dataclass(frozen=True)
+class Hashed:
+    """A file hashed where it stands; `stat` was taken before reading it."""
+
     hashes: FileHashes
     stat: os.stat_result
 
@@ -124,7 +134,7 @@ class Executor:
         self.results: dict[str, EntryResult] = {}
         self.active: dict[str, Job] = {}  # gid → job
         self.waiting: list[Job] = []  # scheduled retries
-        self.hashing: dict[Future[Placed | Rejected | FileHashes], Job] = {}
+        self.hashing: dict[Future[Placed | Rejected | Hashed], Job] = {}
         self.pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 2)
 
     # ---- entry point -------------------------------------------------------
@@ -186,7 +196,7 @@ class Executor:
             # Nothing to wake us but time: aria2 progress or a scheduled retry.
             self.cancel.wait(self.options.poll_interval)
 
-    def _submit(self, job: Job, fn: Callable[[Job], Placed | Rejected | FileHashes]) -> None:
+    def _submit(self, job: Job, fn: Callable[[Job], Placed | Rejected | Hashed]) -> None:
         self.hashing[self.pool.submit(fn, job)] = job
 
     def _start_download(self, job: Job) -> None:
@@ -262,6 +272,7 @@ class Executor:
             if st.completed_length != job.done_bytes:
                 job.done_bytes = st.completed_length
                 job.last_change = now
+            self._hash_ahead(job, st)
             self.reporter.file_progress(
                 job.desired.name,
                 st.completed_length,
@@ -279,6 +290,23 @@ class Executor:
                 self.daemon.remove(st.gid)
                 self._forget_gid(job)
                 self._retry(job, f"no progress for {self.options.stall_timeout:.0f}s")
+
+    def _hash_ahead(self, job: Job, st: DownloadStatus) -> None:
+        """Overlap hashing with the download: hash the prefix aria2 has finished.
+
+        Only with our own daemon, which writes pieces straight to disk (disk-cache=0);
+        a foreign daemon may still hold "complete" pieces in its write cache.
+        """
+        if not self.daemon.spawned or st.status != "active":
+            return
+        if job.prefix is None:
+            job.prefix = PrefixHasher(job.tmp)
+        ready = st.contiguous_bytes
+        if job.prefix.busy or ready < job.prefix.offset + HASH_STEP:
+            return
+        job.prefix.busy = True
+        future = self.pool.submit(job.prefix.advance, ready, self._check_cancel)
+        future.add_done_callback(_ignore_errors)  # a failed advance means a full hash later
 
     def _forget_gid(self, job: Job) -> None:
         assert job.gid is not None
@@ -305,8 +333,10 @@ class Executor:
 
     # ---- hashing (in worker threads: no state.db, no reporter) -----------------
 
-    def _hash_in_place(self, job: Job) -> FileHashes:
-        return hash_file(self.layout.target(job.desired.path), progress=self._check_cancel)
+    def _hash_in_place(self, job: Job) -> Hashed:
+        path = self.layout.target(job.desired.path)
+        before = os.stat(path)  # a change while hashing then misses the cache next time
+        return Hashed(hash_file(path, progress=self._check_cancel), before)
 
     def _verify_and_place(self, job: Job) -> Placed | Rejected:
         d = job.desired
@@ -314,8 +344,13 @@ class Executor:
         problems = []
         if d.size is not None and before.st_size != d.size:
             problems.append(f"size {before.st_size}, expected {d.size}")
-        hashes = hash_file(job.tmp, progress=self._check_cancel)
-        problems += hash_mismatches(d, hashes.sha256, hashes.xxh3_128)
+        hashes, incremental = self._hash_download(job, before.st_size)
+        wrong = hash_mismatches(d, hashes.sha256, hashes.xxh3_128)
+        if wrong and incremental:
+            # Hashed while downloading: make sure no byte changed after it was read.
+            hashes = hash_file(job.tmp, progress=self._check_cancel)
+            wrong = hash_mismatches(d, hashes.sha256, hashes.xxh3_128)
+        problems += wrong
         if problems:
             _remove(job.tmp, job.control, job.sidecar)
             return Rejected(problems)
@@ -329,13 +364,23 @@ class Executor:
         os.replace(job.tmp, target)
         _fsync_dir(target.parent)
         job.sidecar.unlink(missing_ok=True)
-        return Placed(hashes, os.stat(target))
+        return Placed(hashes, before)  # rename keeps size, mtime, inode and device
+
+    def _hash_download(self, job: Job, size: int) -> tuple[FileHashes, bool]:
+        """The file's hashes, and whether they were (partly) taken while it was written."""
+        prefix, job.prefix = job.prefix, None  # a retry starts a fresh one
+        if prefix is not None:
+            try:
+                return prefix.finish(size, self._check_cancel), True
+            except OSError:
+                pass
+        return hash_file(job.tmp, progress=self._check_cancel), False
 
     def _check_cancel(self, _n: int) -> None:
         if self.cancel.is_set():
             raise Cancelled
 
-    def _hash_done(self, job: Job, future: Future[Placed | Rejected | FileHashes]) -> None:
+    def _hash_done(self, job: Job, future: Future[Placed | Rejected | Hashed]) -> None:
         d = job.desired
         try:
             outcome = future.result()
@@ -344,10 +389,10 @@ class Executor:
         except OSError as exc:
             self._fail(job, f"{type(exc).__name__}: {exc.strerror or exc}")
             return
-        if isinstance(outcome, FileHashes):  # a verify in place
-            wrong = hash_mismatches(d, outcome.sha256, outcome.xxh3_128)
+        if isinstance(outcome, Hashed):  # a verify in place
+            wrong = hash_mismatches(d, outcome.hashes.sha256, outcome.hashes.xxh3_128)
             if not wrong:
-                self.state.record(d.path, os.stat(self.layout.target(d.path)), outcome)
+                self.state.record(d.path, outcome.stat, outcome.hashes)
                 self._finish(job, Status.OK)
             else:
                 self.state.forget(d.path)
@@ -401,6 +446,10 @@ class Executor:
         )
         self.results[d.name] = result
         self.reporter.file_finished(result)
+
+
+def _ignore_errors(future: Future[None]) -> None:
+    future.exception()  # retrieve it so that it is not reported as unhandled
 
 
 def _allocated(path: Path) -> int:

@@ -35,6 +35,7 @@ __all__ = [
     "SHA256_HEX_LEN",
     "XXH3_128_HEX_LEN",
     "FileHashes",
+    "PrefixHasher",
     "hash_file",
     "hash_files",
     "mismatches",
@@ -213,3 +214,52 @@ def mismatches(
         if want != got:
             problems.append(f"{name} expected {want} got {got}")
     return problems
+
+
+class PrefixHasher:
+    """Hashes a file that is still being written, as its completed prefix grows.
+
+    The executor feeds it the prefix aria2 reports as fully written, so that by the
+    time a download completes only the tail remains to hash. Thread-safe: `advance`
+    and `finish` serialise on a lock. The caller must re-hash the whole file before
+    calling it corrupt, in case bytes were rewritten after they were hashed here.
+    """
+
+    def __init__(self, path: StrPath, buffer_size: int = DEFAULT_BUFFER_SIZE) -> None:
+        self.path = path
+        self.offset = 0  # bytes hashed so far
+        self.busy = False  # an advance is queued or running (set by the scheduler)
+        self._sha = hashlib.sha256()
+        self._xxh = xxhash.xxh3_128()
+        self._buffer = memoryview(bytearray(buffer_size))
+        self._lock = threading.Lock()
+
+    def advance(self, upto: int, check: Callable[[int], None] | None = None) -> None:
+        """Hash bytes [offset, upto) of the file; `check(n)` may raise to stop."""
+        with self._lock:
+            try:
+                if upto > self.offset:
+                    self._read(upto, check)
+            finally:
+                self.busy = False
+
+    def finish(self, size: int, check: Callable[[int], None] | None = None) -> FileHashes:
+        with self._lock:
+            self._read(size, check)
+            return FileHashes(self.offset, self._sha.hexdigest(), self._xxh.hexdigest())
+
+    def _read(self, upto: int, check: Callable[[int], None] | None) -> None:
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            while self.offset < upto:
+                view = self._buffer[: min(len(self._buffer), upto - self.offset)]
+                n = os.preadv(fd, [view], self.offset)
+                if not n:
+                    raise OSError(f"{self.path}: file shorter than {upto} bytes")
+                self._sha.update(view[:n])
+                self._xxh.update(view[:n])
+                self.offset += n
+                if check is not None:
+                    check(n)
+        finally:
+            os.close(fd)

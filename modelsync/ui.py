@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.markup import escape
@@ -21,6 +21,10 @@ from rich.table import Table
 
 from modelsync.errors import ModelsyncError
 from modelsync.results import EntryResult, Report, Status
+
+if TYPE_CHECKING:
+    from modelsync.addcmd import AddResult
+    from modelsync.lockcmd import LockResult
 
 err_console = Console(stderr=True, highlight=False)
 
@@ -258,3 +262,44 @@ def print_summary(report: Report) -> None:
     for e in report.entries:
         if e.status is Status.FAILED:
             err_console.print(f"[red]failed:[/] {escape(e.name)}: {escape(e.error or '')}")
+
+
+def print_lock(result: LockResult) -> None:
+    """`lock`: what changed in the lock file, then what failed."""
+    marks = {"added": ("+", "green"), "updated": ("~", "yellow"), "removed": ("-", "red")}
+    for c in result.changes:
+        mark, style = marks[c.change.value]
+        detail = f"  [dim]({escape(c.detail)})[/]" if c.detail else ""
+        err_console.print(f"[{style}]{mark} {c.change.value:>7}[/]  {escape(c.name)}{detail}")
+    for _name, error in result.errors:
+        err_console.print(f"[red]! failed[/]   {escape(error)}")
+    counts = {k: sum(1 for c in result.changes if c.change.value == k) for k in marks}
+    summary = ", ".join(f"{n} {k}" for k, n in counts.items() if n)
+    if result.written:
+        state = f"wrote {escape(str(result.path))}"
+    elif result.path.exists():
+        state = f"{escape(str(result.path))} is up to date"
+    else:
+        state = f"{escape(str(result.path))} not written (nothing could be locked)"
+    extra = f"{summary}, " if summary else ""
+    failed = f", {len(result.errors)} failed" if result.errors else ""
+    err_console.print(f"Lock: {state} ({extra}{result.unchanged} unchanged{failed}).")
+
+
+def print_added(result: AddResult) -> None:
+    details = []
+    if "size" in result.values:
+        details.append(human_size(result.values["size"]))
+    if "sha256" in result.values:
+        details.append(f"sha256 {result.values['sha256'][:12]}…")
+    suffix = f" ({', '.join(details)})" if details else ""
+    err_console.print(
+        f"[green]added[/] {escape(result.name)} -> {escape(result.path)}{suffix} "
+        f"to {escape(str(result.manifest))}"
+    )
+    if result.unpinned:
+        err_console.print(
+            "[yellow]warning:[/] the source publishes no hash, so the entry is unpinned; "
+            f"run `modelsync lock {escape(str(result.manifest))}` to download it once and "
+            "pin its sha256 in the lock"
+        )

@@ -9,6 +9,7 @@ from pathlib import Path
 from modelsync.errors import ModelsyncError
 from modelsync.inventory import find_unmanaged, observe
 from modelsync.layout import Layout
+from modelsync.lockfile import Lock, desired_from_lock, read_lock, source_entry
 from modelsync.manifest import Entry, Manifest, check_paths_inside
 from modelsync.reconcile import Plan, reconcile
 from modelsync.remote import Desired, RemoteFile
@@ -18,12 +19,18 @@ from modelsync.state import StateDB
 
 @dataclass(frozen=True)
 class Target:
-    """An entry with what it resolved to; `error` when resolution failed."""
+    """An entry with what it resolved to; `error` when resolution failed.
+
+    Under a current lock, `entry` is the copy the sources must see (revision pinned to
+    the locked commit), `desired` comes from the lock and `remote` is None: nothing was
+    asked of the source. `warning` says why the lock was not used for it.
+    """
 
     entry: Entry
     desired: Desired | None
     remote: RemoteFile | None = None
     error: str | None = None
+    warning: str | None = None
 
     @property
     def name(self) -> str:
@@ -47,8 +54,16 @@ def desired_for(entry: Entry, remote: RemoteFile) -> Desired:
 
 
 class Workspace:
+    """`lock`: the lock to plan with; by default the manifest's lock file, if any."""
+
     def __init__(
-        self, manifest: Manifest, root: Path, env: Mapping[str, str], only: list[str] | None = None
+        self,
+        manifest: Manifest,
+        root: Path,
+        env: Mapping[str, str],
+        only: list[str] | None = None,
+        *,
+        lock: Lock | None = None,
     ) -> None:
         self.manifest = manifest
         self.root = root
@@ -63,26 +78,54 @@ class Workspace:
             )
         check_paths_inside(manifest, root)
         self.sources = SourceContext(manifest.settings, env)
+        self.lock = lock if lock is not None else read_lock(manifest.lock_path)
 
     def require_lock(self) -> None:
-        """--locked: refuse to run without a lock file."""
-        lock = self.manifest.lock_path
-        if not lock.exists():
+        """--locked: refuse to run unless the lock pins every selected entry as it stands.
+
+        Locked entries always hold a hash, so a current lock leaves no entry unpinned.
+        """
+        path = self.manifest.lock_path
+        hint = f"run `modelsync lock {self.manifest.path}` and commit {path.name}"
+        if self.lock is None:
+            raise ModelsyncError(f"--locked: {path} does not exist", hint)
+        stale = [
+            f"{e.display_name} ({'changed' if e.display_name in self.lock.models else 'new'})"
+            for e in self.entries
+            if self.lock.current(e) is None
+        ]
+        if stale:
             raise ModelsyncError(
-                f"--locked: {lock} does not exist",
-                f"run `modelsync lock {self.manifest.path}` and commit {lock.name}",
+                f"--locked: {path.name} does not match the manifest for {', '.join(stale)}",
+                hint,
             )
 
     def targets(self) -> list[Target]:
+        """Current lock entries are used as they are (no source asked); others resolve."""
         out = []
         for entry in self.entries:
+            locked = self.lock.current(entry) if self.lock is not None else None
+            if locked is not None:
+                out.append(Target(source_entry(entry, locked), desired_from_lock(entry, locked)))
+                continue
+            warning = self._stale_warning(entry)
             try:
                 remote = resolve(entry, self.sources)
             except ModelsyncError as exc:
-                out.append(Target(entry, None, error=str(exc)))
+                out.append(Target(entry, None, error=str(exc), warning=warning))
                 continue
-            out.append(Target(entry, desired_for(entry, remote), remote))
+            out.append(Target(entry, desired_for(entry, remote), remote, warning=warning))
         return out
+
+    def _stale_warning(self, entry: Entry) -> str | None:
+        if self.lock is None:
+            return None
+        lock = self.manifest.lock_path.name
+        why = "changed in" if entry.display_name in self.lock.models else "added to"
+        return (
+            f"{entry.display_name}: {why} the manifest since {lock} was written; "
+            f"using the manifest for it (run `modelsync lock` to update {lock})"
+        )
 
     def plan(self, targets: list[Target], state: StateDB | None) -> Plan:
         desired = [t.desired for t in targets if t.desired is not None]
@@ -97,6 +140,8 @@ class Workspace:
         unknown_dirs: set[str] = set()
         for entry in self.manifest.models:
             path = resolved.get(entry.display_name) or entry.relpath()
+            locked = self.lock.current(entry) if path is None and self.lock else None
+            path = locked.path if locked else path
             if path is None:
                 unknown_dirs.add(entry.dir or ".")
             else:

@@ -157,13 +157,22 @@ def start_apply(manifest: Path, *args: str) -> subprocess.Popen[str]:
     )
 
 
+def wait_for_bytes(server: FileServer, proc: subprocess.Popen[str], n: int) -> None:
+    """Block until the server has sent `n` bytes; show the apply's output if it never does."""
+    if not server.wait_until(lambda: server.bytes_served() >= n or proc.poll() is not None, 60):
+        proc.kill()
+    if proc.poll() is not None or server.bytes_served() < n:
+        out, err = proc.communicate(timeout=30)
+        raise AssertionError(f"apply exited {proc.returncode} early:\n{out}\n{err}")
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "kill-9"])
 def test_interrupted_apply_resumes(
     tmp_path: Path, fileserver: FileServer, slow_file: Served, sig: signal.Signals
 ) -> None:
     manifest = write_manifest(tmp_path / "models.toml", [entry(slow_file)])
     proc = start_apply(manifest, "--connections", "2")
-    assert fileserver.wait_until(lambda: fileserver.bytes_served() >= 4 * MIB, timeout=60)
+    wait_for_bytes(fileserver, proc, 4 * MIB)
     if sig == signal.SIGINT:
         os.killpg(proc.pid, sig)  # what Ctrl-C in a terminal does: the whole foreground group
     else:
@@ -192,7 +201,7 @@ def test_resume_without_range_support_restarts_cleanly(
 ) -> None:
     manifest = write_manifest(tmp_path / "models.toml", [entry(slow_file)])
     proc = start_apply(manifest, "--connections", "2")
-    assert fileserver.wait_until(lambda: fileserver.bytes_served() >= 2 * MIB, timeout=60)
+    wait_for_bytes(fileserver, proc, 2 * MIB)
     os.killpg(proc.pid, signal.SIGINT)
     proc.communicate(timeout=60)
     fileserver.set_faults("/slow.bin", no_range=True)
@@ -207,7 +216,7 @@ def test_second_apply_waits_for_the_lock(
     manifest = write_manifest(tmp_path / "models.toml", [entry(slow_file)])
     first = start_apply(manifest, "--connections", "2")
     try:
-        assert fileserver.wait_until(lambda: fileserver.bytes_served() > 0, timeout=60)
+        wait_for_bytes(fileserver, first, 1)
         second = modelsync("apply", manifest, "--lock-timeout", "0.5")
         assert second.code == 2
         assert "waiting for another apply" in second.stderr

@@ -1,31 +1,112 @@
-"""Sources turn a manifest entry into a RemoteFile. They never download the file."""
+"""Sources turn a manifest entry into a RemoteFile. They never download the file.
+
+Two questions, two functions:
+
+- `resolve`: what the file is (name, size, published hashes, Hugging Face commit, the
+  origin URL without any signature). Plan and lock use it; results are cached per run.
+- `locate`: where aria2 can fetch it right now (redirects to other hosts already followed,
+  signed CDN URLs, headers only for the final URL's own host). Called at every aria2 add,
+  with fresh=True on retries because signed URLs expire.
+
+Dispatch: `hf` entries and `url` entries on huggingface.co / $HF_ENDPOINT go to
+huggingface.py; `civitai` entries and civitai.com model/download links go to civitai.py;
+every other URL is used as written (url.py, no network).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
 
 from modelsync.manifest import Entry, Settings
+from modelsync.redact import redact
 from modelsync.remote import RemoteFile
+
+if TYPE_CHECKING:
+    import requests
+
+#: Environment variables that hold tokens: their values are redacted from every message.
+TOKEN_VARIABLES = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "CIVITAI_TOKEN", "CIVITAI_API_TOKEN")
+
+SourceName = Literal["url", "hf", "civitai"]
 
 
 @dataclass
 class SourceContext:
-    """What sources may read: settings, environment (tokens, endpoints), a per-run cache."""
+    """What sources may read: settings, environment (tokens, endpoints), a per-run cache.
+
+    Endpoints and tokens are read from `env` at call time, never from module globals.
+    """
 
     settings: Settings
     env: Mapping[str, str]
-    cache: dict[str, RemoteFile] = field(default_factory=dict)
+    cache: dict[str, RemoteFile] = field(default_factory=dict)  # resolve(), by entry name
+    located: dict[str, RemoteFile] = field(default_factory=dict)  # locate(), by entry name
+    timeout: float = 20.0  # seconds, per metadata request
+    extra_secrets: set[str] = field(default_factory=set, init=False)  # e.g. a stored HF token
+    _session: requests.Session | None = field(default=None, init=False, repr=False)
+
+    @property
+    def session(self) -> requests.Session:
+        """One HTTP session per run (connection reuse across entries); created on first use."""
+        if self._session is None:
+            import requests
+
+            self._session = requests.Session()
+            self._session.headers["User-Agent"] = _user_agent()
+        return self._session
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """Every token value known to this run, for redaction."""
+        values = {self.env.get(name, "").strip() for name in TOKEN_VARIABLES}
+        return tuple(sorted(v for v in values | self.extra_secrets if v))
+
+    def redact(self, text: str) -> str:
+        return redact(text, self.secrets)
+
+    def close(self) -> None:
+        if self._session is not None:
+            self._session.close()
+            self._session = None
+
+
+def source_of(entry: Entry, env: Mapping[str, str]) -> SourceName:
+    """Which source handles `entry`: url entries on Hugging Face or Civitai hosts are theirs."""
+    if entry.source != "url":
+        return entry.source
+    assert entry.url is not None
+    from . import civitai, huggingface
+
+    if huggingface.is_hub_url(entry.url, env):
+        return "hf"
+    if civitai.is_civitai_url(entry.url, env):
+        return "civitai"
+    return "url"
 
 
 def resolve(entry: Entry, ctx: SourceContext, *, fresh: bool = False) -> RemoteFile:
-    """Resolve one entry; `fresh` bypasses the per-run cache (expired signed URLs)."""
+    """Resolve one entry's metadata; `fresh` bypasses the per-run cache.
+
+    Never fetches file content. Raises SourceError (exit 1) naming the entry.
+    """
     key = entry.display_name
     if not fresh and key in ctx.cache:
         return ctx.cache[key]
-    from modelsync.sources import url as url_source
+    kind = source_of(entry, ctx.env)
+    if kind == "hf":
+        from . import huggingface
 
-    remote = url_source.resolve(entry, ctx)
+        remote = huggingface.resolve(entry, ctx)
+    elif kind == "civitai":
+        from . import civitai
+
+        remote = civitai.resolve(entry, ctx)
+    else:
+        from . import url as url_source
+
+        remote = url_source.resolve(entry, ctx)
     ctx.cache[key] = remote
     return remote
 
@@ -35,10 +116,37 @@ def locate(entry: Entry, ctx: SourceContext, *, fresh: bool = False) -> RemoteFi
     already followed, signed) and only headers meant for those URLs' own hosts.
 
     Called when a download is added to aria2, and again with fresh=True on each retry.
+    The bytes stay those that `resolve` described: Hugging Face files are re-located at
+    the commit they resolved to, Civitai files through the same download URL.
     """
-    return resolve(entry, ctx, fresh=fresh)
+    key = entry.display_name
+    if not fresh and key in ctx.located:
+        return ctx.located[key]
+    remote = resolve(entry, ctx)
+    kind = source_of(entry, ctx.env)
+    if kind == "hf":
+        from . import huggingface
+
+        located = huggingface.locate(entry, ctx, remote)
+    elif kind == "civitai":
+        from . import civitai
+
+        located = civitai.locate(entry, ctx, remote)
+    else:
+        located = remote
+    ctx.located[key] = located
+    return located
 
 
-def needs_network(entry: Entry) -> bool:
+def needs_network(entry: Entry, env: Mapping[str, str] | None = None) -> bool:
     """True when resolving `entry` asks a server (HF/Civitai metadata)."""
-    return entry.source != "url"
+    return source_of(entry, env or {}) != "url"
+
+
+def _user_agent() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"modelsync/{version('modelsync')}"
+    except PackageNotFoundError:
+        return "modelsync"

@@ -1,0 +1,253 @@
+"""The lock file: `<manifest stem>.lock` beside the manifest, what each entry resolved to.
+
+It is generated (`modelsync lock`) and read by every command that plans. Written
+deterministically so that it diffs well and a second `lock` rewrites the same bytes:
+a header comment, `version = 1`, then one `[models."<name>"]` table per entry, sorted
+by name, keys in a fixed order, absent values left out, no timestamps.
+
+A locked entry is *current* when its `fingerprint` (a hash of the manifest fields that
+decide which bytes the entry means) still matches the manifest entry and its path is
+still the one the entry points at. Only current entries are used; editing an entry in
+the manifest makes its lock entry stale until the next `modelsync lock`.
+
+Every locked entry pins its bytes (sha256 and/or xxh3_128): an entry that could not be
+pinned is left out of the lock rather than written unpinned.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+from collections.abc import Iterable
+from pathlib import Path, PurePosixPath
+from typing import Annotated, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+import tomli
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from modelsync.atomic import write_text_atomic
+from modelsync.errors import ModelsyncError
+from modelsync.manifest import Entry, Sha256, Xxh3
+from modelsync.remote import Desired
+
+# Keys of the manifest entry that decide which bytes it means (not name, tags, mirrors).
+FINGERPRINT_KEYS = (
+    "url",
+    "hf",
+    "file",
+    "revision",
+    "civitai",
+    "filename",
+    "dir",
+    "sha256",
+    "xxh3_128",
+    "size",
+)
+_KEY_ORDER = (
+    "fingerprint",
+    "path",
+    "url",
+    "commit",
+    "size",
+    "estimated_size",
+    "sha256",
+    "xxh3_128",
+)
+
+
+def _lock_path(value: str) -> str:
+    p = PurePosixPath(value)
+    if (
+        not value
+        or "\\" in value
+        or p.is_absolute()
+        or any(part in {".", ".."} for part in value.split("/"))
+        or "" in value.split("/")
+    ):
+        raise ValueError(f"path must be a plain relative path inside root: {value!r}")
+    return value
+
+
+def _plain_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in {"http", "https"}:
+        raise ValueError(f"url must be http(s): {value!r}")
+    if parts.query or parts.fragment or "@" in parts.netloc:
+        raise ValueError("url must not hold a query string, fragment or credentials")
+    return value
+
+
+class LockedEntry(BaseModel):
+    """What one manifest entry resolved to when the lock was written."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    fingerprint: Sha256
+    path: Annotated[str, AfterValidator(_lock_path)]
+    url: Annotated[str, AfterValidator(_plain_url)] | None = None
+    commit: str | None = Field(default=None, min_length=1)
+    size: int | None = Field(default=None, ge=0)  # exact
+    estimated_size: int | None = Field(default=None, ge=0)  # Civitai's sizeKB, space only
+    sha256: Sha256 | None = None
+    xxh3_128: Xxh3 | None = None
+
+    @model_validator(mode="after")
+    def _pinned(self) -> LockedEntry:
+        if not (self.sha256 or self.xxh3_128):
+            raise ValueError("a locked entry needs sha256 or xxh3_128")
+        return self
+
+
+class Lock(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    version: Literal[1] = 1
+    models: dict[str, LockedEntry] = Field(default_factory=dict)
+
+    def current(self, entry: Entry) -> LockedEntry | None:
+        """The locked entry for `entry` if it still matches the manifest, else None."""
+        locked = self.models.get(entry.display_name)
+        if locked is None or locked.fingerprint != fingerprint(entry):
+            return None
+        return locked if expected_path(entry, locked) == locked.path else None
+
+
+def fingerprint(entry: Entry) -> str:
+    """sha256 of the entry's source-defining fields: any edit to them makes the lock stale."""
+    fields: dict[str, object] = {k: getattr(entry, k) for k in FINGERPRINT_KEYS}
+    fields["source"] = entry.source
+    canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def expected_path(entry: Entry, locked: LockedEntry) -> str | None:
+    """Where `entry` points, given the file name the lock resolved (the manifest's win)."""
+    return entry.relpath(entry.filename or PurePosixPath(locked.path).name)
+
+
+def plain_url(url: str, secrets: Iterable[str] = ()) -> str | None:
+    """`url` fit for the lock: no credentials, query string (signatures) or fragment.
+
+    None when a secret still shows in what is left (a token in the path).
+    """
+    parts = urlsplit(url)
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    clean = urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+    if any(s and s in clean for s in secrets):
+        return None
+    return clean
+
+
+def desired_from_lock(entry: Entry, locked: LockedEntry) -> Desired:
+    """What a current lock entry wants on disk (the manifest's own pins win)."""
+    return Desired(
+        name=entry.display_name,
+        path=locked.path,
+        size=entry.size if entry.size is not None else locked.size,
+        sha256=entry.sha256 or locked.sha256,
+        xxh3_128=entry.xxh3_128 or locked.xxh3_128,
+        tags=entry.tags,
+        estimated_size=locked.estimated_size,
+    )
+
+
+def source_entry(entry: Entry, locked: LockedEntry) -> Entry:
+    """The entry as the sources should see it under a current lock: its revision pinned to
+    the locked commit and its hashes to the locked ones (content-addressed mirrors need them).
+
+    A copy without validation: `revision` is set for any entry that resolved to a commit,
+    url entries served by Hugging Face included.
+    """
+    update: dict[str, object] = {
+        "sha256": entry.sha256 or locked.sha256,
+        "xxh3_128": entry.xxh3_128 or locked.xxh3_128,
+    }
+    if locked.commit:
+        update["revision"] = locked.commit
+    return entry.model_copy(update=update)
+
+
+# ---- reading ------------------------------------------------------------------------------
+
+
+def read_lock(path: Path) -> Lock | None:
+    """The lock at `path`; None when there is none. A broken lock is an exit-2 error."""
+    hint = (
+        f"it is generated: run `modelsync lock` on its manifest to write it again "
+        f"(after a merge conflict too), or delete {path.name}"
+    )
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ModelsyncError(f"{path}: cannot read the lock file: {exc}", hint) from None
+    try:
+        data = tomli.loads(text)
+    except tomli.TOMLDecodeError as exc:
+        raise ModelsyncError(f"{path}: invalid lock file: TOML syntax error: {exc}", hint) from None
+    try:
+        return Lock.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'top level'}: "
+            f"{str(e['msg']).removeprefix('Value error, ')}"
+            for e in exc.errors()
+        )
+        raise ModelsyncError(f"{path}: invalid lock file: {problems}", hint) from None
+
+
+# ---- writing ------------------------------------------------------------------------------
+
+
+def dumps_lock(lock: Lock, manifest_name: str) -> str:
+    lines = [
+        "# This file is generated by `modelsync lock`. Do not edit it by hand.",
+        f"# It pins every entry of {_comment(manifest_name)} to exact bytes;"
+        " commit the two together.",
+        f"version = {lock.version}",
+    ]
+    for name in sorted(lock.models):
+        locked = lock.models[name]
+        lines.append("")
+        lines.append(f"[models.{_toml_str(name)}]")
+        values = locked.model_dump()
+        for key in _KEY_ORDER:
+            value = values[key]
+            if value is None:
+                continue
+            lines.append(f"{key} = {_toml_str(value) if isinstance(value, str) else value}")
+    return "\n".join(lines) + "\n"
+
+
+def write_lock(path: Path, lock: Lock, manifest_name: str) -> bool:
+    """Write atomically when the content changed; returns whether it did."""
+    text = dumps_lock(lock, manifest_name)
+    with contextlib.suppress(FileNotFoundError, UnicodeDecodeError):
+        if path.read_text(encoding="utf-8") == text:
+            return False
+    write_text_atomic(path, text)
+    return True
+
+
+_ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f"}
+_ESCAPES["\r"] = "\\r"
+
+
+def _toml_str(value: str) -> str:
+    """A TOML basic string (control characters escaped, as the TOML spec requires)."""
+    out = []
+    for ch in value:
+        if ch in _ESCAPES:
+            out.append(_ESCAPES[ch])
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\u{ord(ch):04x}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
+
+
+def _comment(text: str) -> str:
+    return "".join(ch if ch.isprintable() else "?" for ch in text)

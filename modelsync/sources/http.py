@@ -1,0 +1,39 @@
+"""Small HTTP helpers shared by the sources: origins (who may see a token) and headers."""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+Origin = tuple[str, str, int]
+
+
+def origin(url: str) -> Origin:
+    """(scheme, host, port) of a URL, the port made explicit: what a token is bound to."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port
+    except ValueError:  # a malformed port: never equal to a real origin
+        port = -1
+    return scheme, (parts.hostname or "").lower(), port or _DEFAULT_PORTS.get(scheme, 0)
+
+
+def same_origin(a: str, b: str) -> bool:
+    return origin(a) == origin(b)
+
+
+def host_port(url: str) -> str:
+    """`host` or `host:port` (lower case), the form users write in HF_ENDPOINT and URLs."""
+    parts = urlsplit(url)
+    host = (parts.hostname or "").lower()
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    return f"{host}:{port}" if port else host
+
+
+def bearer(token: str | None) -> tuple[tuple[str, str], ...]:
+    return (("Authorization", f"Bearer {token}"),) if token else ()
