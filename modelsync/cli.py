@@ -65,13 +65,15 @@ def verify(
     manifest: ManifestArg,
     root: RootOpt = None,
     only: OnlyOpt = None,
-    strict: Annotated[bool, typer.Option("--strict", help="Always check sha256.")] = False,
+    strict: Annotated[
+        bool, typer.Option("--strict", help="Always hash sha256, even where xxh3_128 is pinned.")
+    ] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Hash every present file and report missing or corrupt ones."""
     from modelsync.commands import run_verify
 
-    report = run_verify(open_workspace(manifest, root, only))
+    report = run_verify(open_workspace(manifest, root, only), strict=strict)
     if json_out:
         ui.print_json(report)
     else:

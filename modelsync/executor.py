@@ -269,7 +269,8 @@ class Executor:
         now = time.monotonic()
         for st in self.daemon.status(list(self.active)):
             job = self.active[st.gid]
-            if st.completed_length != job.done_bytes:
+            if st.completed_length != job.done_bytes or st.status != "active":
+                # Queued behind max-concurrent-downloads is not stalled.
                 job.done_bytes = st.completed_length
                 job.last_change = now
             self._hash_ahead(job, st)

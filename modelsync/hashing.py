@@ -69,6 +69,7 @@ def _hash_path(
     view: memoryview | int,
     progress: Callable[[int], None] | None,
     cancel: threading.Event | None,
+    with_sha256: bool = True,
 ) -> FileHashes:
     """Hash `path` reading into `view` (a reused writable buffer); no per-chunk copy.
 
@@ -86,7 +87,7 @@ def _hash_path(
             with contextlib.suppress(OSError):  # unsupported here (pipe, some FUSE)
                 os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
         readinto = f.readinto
-        sha_update = sha.update
+        sha_update = sha.update if with_sha256 else _skip
         xxh_update = xxh.update
         while True:
             if cancel is not None and cancel.is_set():
@@ -100,7 +101,11 @@ def _hash_path(
             total += n
             if progress is not None:
                 progress(n)
-    return FileHashes(total, sha.hexdigest(), xxh.hexdigest())
+    return FileHashes(total, sha.hexdigest() if with_sha256 else "", xxh.hexdigest())
+
+
+def _skip(_chunk: memoryview) -> None:
+    pass
 
 
 def hash_file(
@@ -128,8 +133,12 @@ def hash_files(
     workers: int | None = None,
     buffer_size: int = DEFAULT_BUFFER_SIZE,
     progress: Callable[[int], None] | None = None,
+    with_sha256: bool = True,
 ) -> dict[P, FileHashes | OSError]:
     """Hash several files in parallel threads (hashlib and xxhash release the GIL).
+
+    `with_sha256=False` computes xxh3_128 alone (several times faster; `sha256` is "")
+    for re-verifying files whose sha256 and xxh3_128 were checked together before.
 
     Returns one entry per distinct path, in input order: its FileHashes, or the
     OSError that reading it raised (a missing or unreadable file never stops the
@@ -149,7 +158,7 @@ def hash_files(
         view = memoryview(bytearray(buffer_size))
         for p in items:
             try:
-                results[p] = _hash_path(p, view, progress, None)
+                results[p] = _hash_path(p, view, progress, None, with_sha256)
             except OSError as exc:
                 results[p] = exc
         return results
@@ -162,7 +171,7 @@ def hash_files(
         if view is None:
             view = local.view = memoryview(bytearray(buffer_size))
         try:
-            return _hash_path(p, view, progress, cancel)
+            return _hash_path(p, view, progress, cancel, with_sha256)
         except OSError as exc:
             return exc
 

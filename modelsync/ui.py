@@ -206,10 +206,13 @@ class BarReporter(LineReporter):
         )
         self.tasks: dict[str, TaskID] = {}
         self.done: dict[str, int] = {}
+        self.sizes: dict[str, int] = {}
+        self.planned = 0
         self.total: TaskID | None = None
 
     def begin(self, files: int, total_bytes: int) -> None:
         self.progress.start()
+        self.planned = total_bytes
         self.total = self.progress.add_task("total", total=total_bytes or None, conns="")
 
     def file_progress(
@@ -221,8 +224,11 @@ class BarReporter(LineReporter):
             self.tasks[name], completed=done, total=total, conns=f"{connections} conn"
         )
         self.done[name] = done
+        if total:
+            self.sizes[name] = total  # sizes the plan did not know are learned here
         if self.total is not None:
-            self.progress.update(self.total, completed=sum(self.done.values()))
+            grand = max(self.planned, sum(self.sizes.values())) or None
+            self.progress.update(self.total, completed=sum(self.done.values()), total=grand)
 
     def file_finished(self, result: EntryResult) -> None:
         task = self.tasks.pop(result.name, None)

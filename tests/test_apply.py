@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -281,3 +282,70 @@ def test_prune_with_yes_deletes_only_unmanaged_in_managed_folders(
     assert not (root / "checkpoints/old.ckpt").exists()
     assert (root / "elsewhere/keep.bin").exists() and (root / "checkpoints/sub/keep.bin").exists()
     assert (root / "checkpoints/a.bin").read_bytes() == f.data
+
+
+def test_stalled_download_is_re_added(tmp_path: Path, fileserver: FileServer) -> None:
+    f = serve(fileserver, "/stuck.bin", 4 * MIB, seed=11)
+    # The first response stops sending after 1 MiB and never closes: only our watchdog
+    # (not aria2's 60 s timeout) gets the download going again.
+    fileserver.set_faults("/stuck.bin", stall_after=MIB, stall_times=1)
+    manifest = write_manifest(tmp_path / "models.toml", [entry(f)])
+    run = modelsync("apply", manifest, "--connections", "1", "--stall-timeout", "2")
+    assert run.code == 0, run.stderr
+    assert "no progress for 2s" in run.stderr
+    assert (root_of(tmp_path) / "checkpoints/stuck.bin").read_bytes() == f.data
+    resumed = [r for r in fileserver.requests if r.range and not r.range.startswith("bytes=0-")]
+    assert resumed, "the re-added download should resume, not start over"
+
+
+@pytest.fixture
+def foreign_aria2(tmp_path: Path) -> Iterator[tuple[str, str]]:
+    """An aria2c someone else runs (ComfyUI-Manager's, say), with a known secret."""
+    from modelsync.aria2 import find_aria2c
+
+    secret = "foreign-rpc-secret-5f1c"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [
+            find_aria2c(),
+            "--enable-rpc",
+            f"--rpc-listen-port={port}",
+            f"--rpc-secret={secret}",
+            "--no-conf",
+            "--disable-ipv6",
+            f"--dir={tmp_path}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        yield f"http://127.0.0.1:{port}/jsonrpc", secret
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_attach_to_a_running_daemon(
+    tmp_path: Path, fileserver: FileServer, foreign_aria2: tuple[str, str]
+) -> None:
+    url, secret = foreign_aria2
+    f = serve(fileserver, "/att.bin", 3 * MIB, seed=12)
+    manifest = write_manifest(tmp_path / "models.toml", [entry(f)])
+    env = {"COMFYUI_MANAGER_ARIA2_SERVER": url, "COMFYUI_MANAGER_ARIA2_SECRET": secret}
+    run = modelsync("apply", manifest, "--json", env=env)
+    assert run.code == 0, run.stderr
+    assert (root_of(tmp_path) / "checkpoints/att.bin").read_bytes() == f.data
+    assert secret not in run.stdout + run.stderr
+    # The foreign daemon is still up: we attached, we did not own it.
+    from modelsync.aria2 import Aria2Daemon
+
+    with Aria2Daemon.attach(url, secret) as daemon:
+        assert daemon.version()
+    (root_of(tmp_path) / "checkpoints/att.bin").unlink()
+    bad_env = {**env, "COMFYUI_MANAGER_ARIA2_SECRET": "wrong-secret-0a9b"}
+    wrong = modelsync("apply", manifest, env=bad_env)
+    assert wrong.code == 2, wrong.stderr  # nothing was done
+    assert "127.0.0.1" in wrong.stderr and "wrong-secret-0a9b" not in wrong.stderr
+    assert fileserver.bytes_served("/att.bin") == len(f.data)
