@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from modelsync.aria2 import Aria2Daemon, Aria2RpcError, DownloadStatus
-from modelsync.errors import ModelsyncError
+from modelsync.errors import Aria2Unavailable, ModelsyncError
 from modelsync.hashing import FileHashes, PrefixHasher, hash_file
 from modelsync.layout import PARTIAL_SUFFIX, Layout
 from modelsync.progress import NullReporter, Reporter
@@ -136,6 +136,7 @@ class Executor:
         self.waiting: list[Job] = []  # scheduled retries
         self.hashing: dict[Future[Placed | Rejected | Hashed], Job] = {}
         self.pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 2)
+        self.lost: Aria2Unavailable | None = None  # aria2 went away mid-run
 
     # ---- entry point -------------------------------------------------------
 
@@ -181,11 +182,14 @@ class Executor:
 
     def _tick(self) -> None:
         now = time.monotonic()
-        for job in [j for j in self.waiting if j.retry_at is not None and j.retry_at <= now]:
-            self.waiting.remove(job)
-            self._add_to_aria2(job, fresh=True)
-        if self.active:
-            self._poll_aria2()
+        try:
+            for job in [j for j in self.waiting if j.retry_at is not None and j.retry_at <= now]:
+                self.waiting.remove(job)
+                self._add_to_aria2(job, fresh=True)
+            if self.active:
+                self._poll_aria2()
+        except Aria2Unavailable as exc:
+            self._daemon_lost(exc)
         if self.hashing:
             done, _ = wait(
                 list(self.hashing), timeout=self.options.poll_interval, return_when=FIRST_COMPLETED
@@ -236,7 +240,20 @@ class Executor:
             _remove(job.tmp, job.control)
         job.sidecar.write_text(want)
 
+    def _daemon_lost(self, exc: Aria2Unavailable) -> None:
+        """aria2 died under us: what it was doing fails (its partials stay for a resume)."""
+        self.lost = exc
+        for job in [*self.active.values(), *self.waiting]:
+            self._fail(
+                job, f"aria2 stopped during the download ({exc.message}); run apply again to resume"
+            )
+        self.active.clear()
+        self.waiting.clear()
+
     def _add_to_aria2(self, job: Job, *, fresh: bool) -> None:
+        if self.lost is not None:
+            self._fail(job, f"aria2 is not running any more ({self.lost.message})")
+            return
         try:
             remote = job.remote = self.resolver(job.desired.name, fresh)
         except ModelsyncError as exc:
@@ -261,6 +278,10 @@ class Executor:
             job.gid = self.daemon.add(list(remote.urls), options)
         except Aria2RpcError as exc:  # this entry's options or URLs; the daemon is fine
             self._fail(job, str(exc))
+            return
+        except Aria2Unavailable as exc:
+            self._fail(job, f"aria2 is not available ({exc.message})")
+            self._daemon_lost(exc)
             return
         job.last_change = time.monotonic()
         self.active[job.gid] = job
