@@ -194,6 +194,21 @@ def add(
     ui.print_added(run_add(manifest, source, folder, name, dict(os.environ)))
 
 
+@app.command()
+def doctor(
+    manifest: Annotated[Path | None, typer.Argument(help="Check this manifest's root too.")] = None,
+    root: RootOpt = None,
+) -> None:
+    """Check aria2c, the models folder, tokens (never printed), endpoints and proxies."""
+    from modelsync.doctor import run_doctor
+
+    env = dict(os.environ)
+    where = open_workspace(manifest, root, None).root if manifest else None
+    checks = run_doctor(where, env)
+    ui.print_checks(checks)
+    raise typer.Exit(0 if all(c.ok for c in checks) else 1)
+
+
 def _ask_prune(paths: list[str]) -> bool:
     for path in paths:
         ui.err_console.print(f"  - {path}")

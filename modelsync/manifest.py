@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal
 from urllib.parse import unquote, urlsplit
@@ -341,13 +342,12 @@ def check_paths_inside(manifest: Manifest, root: Path) -> None:
         raise ManifestError(str(manifest.path), problems)
 
 
-def resolve_root(manifest: Manifest, cli_root: str | None, env: dict[str, str]) -> Path:
+def resolve_root(manifest: Manifest, cli_root: str | None, env: Mapping[str, str]) -> Path:
     """--root, then $MODELSYNC_ROOT, then settings.root (relative to the manifest), else cwd."""
-    if cli_root:
-        return Path(cli_root).expanduser().absolute()
-    if env.get("MODELSYNC_ROOT"):
-        return Path(env["MODELSYNC_ROOT"]).expanduser().absolute()
+    chosen = cli_root or env.get("MODELSYNC_ROOT")
+    if chosen:
+        return Path(os.path.abspath(Path(chosen).expanduser()))
     if manifest.settings.root:
         root = Path(manifest.settings.root).expanduser()
-        return root if root.is_absolute() else (manifest.path.parent / root).absolute()
+        return Path(os.path.abspath(manifest.path.parent / root))  # also folds "../"
     return Path.cwd()

@@ -26,7 +26,12 @@ if TYPE_CHECKING:
     from modelsync.addcmd import AddResult
     from modelsync.lockcmd import LockResult
 
-err_console = Console(stderr=True, highlight=False)
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from modelsync.doctor import Check
+
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 SYMBOLS = {
     "ok": ("=", "green"),
@@ -248,6 +253,12 @@ class BarReporter(LineReporter):
 
     def end(self) -> None:
         self.progress.stop()
+
+
+def print_checks(checks: Sequence[Check]) -> None:
+    for c in checks:
+        mark = "[green]ok[/]  " if c.ok else "[red]FAIL[/]"
+        err_console.print(f"{mark} {c.name}: {escape(c.detail)}")
 
 
 def print_summary(report: Report) -> None:
