@@ -367,3 +367,16 @@ def test_aria2c_killed_mid_download_loses_nothing(
     code, _doc, err = apply_json(manifest, "--connections", "4")
     assert code == 0, err
     assert (root_of(tmp_path) / "checkpoints/slow.bin").read_bytes() == slow_file.data
+
+
+def test_redirects_and_empty_files(tmp_path: Path, fileserver: FileServer) -> None:
+    real = serve(fileserver, "/store/real.bin", 2 * MIB, seed=13)
+    empty = serve(fileserver, "/empty.bin", 0)
+    fileserver.set_faults("/moved.bin", redirect=real.url, redirect_status=302)
+    moved = Served("/moved.bin", real.data, fileserver.url_for("/moved.bin"))
+    manifest = write_manifest(tmp_path / "models.toml", [entry(moved), entry(empty)])
+    code, doc, err = apply_json(manifest)
+    assert code == 0, err
+    assert statuses(doc) == {"moved.bin": "downloaded", "empty.bin": "downloaded"}
+    assert (root_of(tmp_path) / "checkpoints/moved.bin").read_bytes() == real.data
+    assert (root_of(tmp_path) / "checkpoints/empty.bin").read_bytes() == b""
