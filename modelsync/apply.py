@@ -78,6 +78,7 @@ def _secrets(ws: Workspace, request: ApplyRequest) -> tuple[str, ...]:
     values = [ws.env.get(n, "") for n in names]
     values.append(ws.env.get("COMFYUI_MANAGER_ARIA2_SECRET", ""))
     values.append(request.aria2_secret or "")
+    values += ws.sources.secrets  # e.g. huggingface_hub's stored token
     return tuple(v for v in values if v)
 
 

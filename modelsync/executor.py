@@ -257,6 +257,8 @@ class Executor:
         try:
             remote = job.remote = self.resolver(job.desired.name, fresh)
         except ModelsyncError as exc:
+            if not job.tmp.exists() and not job.control.exists():
+                job.sidecar.unlink(missing_ok=True)  # nothing downloaded: leave tmp/ clean
             self._fail(job, str(exc))
             return
         job.attempts += 1

@@ -278,7 +278,9 @@ def print_summary(report: Report) -> None:
         )
     for e in report.entries:
         if e.status is Status.FAILED:
-            err_console.print(f"[red]failed:[/] {escape(e.name)}: {escape(e.error or '')}")
+            error = e.error or ""
+            named = error if error.startswith(f"{e.name}: ") else f"{e.name}: {error}"
+            err_console.print(f"[red]failed:[/] {escape(named)}")
 
 
 def print_lock(result: LockResult) -> None:

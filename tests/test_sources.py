@@ -201,11 +201,16 @@ def hub() -> Iterator[FakeHub]:
 
 @pytest.fixture(autouse=True)
 def stored_token(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Where huggingface_hub looks for a stored token: an empty temp dir, not the machine's."""
+    """Where huggingface_hub looks for a stored token: an empty temp dir, not the machine's.
+
+    Telemetry off: huggingface_hub would otherwise fetch its agent registry from the
+    endpoint it read at import (huggingface.co in this process) and cache it in HF_HOME.
+    """
     import huggingface_hub.constants
 
     path = tmp_path / "hf-home" / "token"
     monkeypatch.setattr(huggingface_hub.constants, "HF_TOKEN_PATH", str(path))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_DISABLE_TELEMETRY", True)
     for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_OIDC_RESOURCE"):
         monkeypatch.delenv(name, raising=False)
     return path

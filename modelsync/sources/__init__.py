@@ -143,10 +143,14 @@ def needs_network(entry: Entry, env: Mapping[str, str] | None = None) -> bool:
     return source_of(entry, env or {}) != "url"
 
 
-def _user_agent() -> str:
+def modelsync_version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
     try:
-        return f"modelsync/{version('modelsync')}"
+        return version("modelsync")
     except PackageNotFoundError:
-        return "modelsync"
+        return "unknown"
+
+
+def _user_agent() -> str:
+    return f"modelsync/{modelsync_version()}"

@@ -162,8 +162,10 @@ def locate(entry: Entry, ctx: SourceContext, resolved: RemoteFile) -> RemoteFile
             target = urljoin(url, location)
             if urlsplit(target).path.rstrip("/").endswith("/login"):
                 _auth_error(entry, ctx, ref)
-            if origin(target) != origin(url):
+            if origin(target)[1] != origin(url)[1]:
                 # Another host: the signed CDN URL. aria2 follows any further hops itself.
+                # (The same host upgraded to https is followed here: the token is still
+                # sent only to the exact Civitai origin.)
                 return replace(resolved, urls=tuple(dict.fromkeys([target, *mirrors])), headers=())
             url = target
             continue

@@ -24,16 +24,5 @@ def same_origin(a: str, b: str) -> bool:
     return origin(a) == origin(b)
 
 
-def host_port(url: str) -> str:
-    """`host` or `host:port` (lower case), the form users write in HF_ENDPOINT and URLs."""
-    parts = urlsplit(url)
-    host = (parts.hostname or "").lower()
-    try:
-        port = parts.port
-    except ValueError:
-        port = None
-    return f"{host}:{port}" if port else host
-
-
 def bearer(token: str | None) -> tuple[tuple[str, str], ...]:
     return (("Authorization", f"Bearer {token}"),) if token else ()

@@ -12,12 +12,17 @@ are read at call time and passed explicitly: huggingface_hub reads its own globa
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Literal, NoReturn
 from urllib.parse import unquote, urljoin, urlsplit
+
+# huggingface_hub pings its endpoint for telemetry on first use; a sync tool must not make
+# requests nobody asked for (it reads this at import, so set it before any import of it).
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 from modelsync.errors import SourceError
 from modelsync.manifest import Entry
@@ -206,6 +211,8 @@ def _metadata(
     from huggingface_hub import get_hf_file_metadata
     from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
+    from modelsync.sources import modelsync_version
+
     hub = endpoint(ctx.env)
     try:
         return get_hf_file_metadata(
@@ -213,6 +220,7 @@ def _metadata(
             token=tok or False,
             timeout=ctx.timeout,
             library_name="modelsync",
+            library_version=modelsync_version(),
             endpoint=hub,
         )
     except HfHubHTTPError as exc:
