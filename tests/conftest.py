@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import random
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +14,13 @@ from typing import Any
 import pytest
 
 from tests.servers import FileServer
+
+# Hermetic: huggingface_hub must not read a developer's token or cache, nor ping
+# huggingface.co for telemetry (it reads both at import, hence here and not in a fixture).
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="modelsync-tests-hf-")
+for _name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "CIVITAI_TOKEN", "CIVITAI_API_TOKEN"):
+    os.environ.pop(_name, None)
 
 
 @pytest.fixture
