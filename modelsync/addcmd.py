@@ -1,7 +1,8 @@
 """`modelsync add MANIFEST SOURCE --dir DIR [--name NAME]`: append one resolved entry.
 
-SOURCE is a URL, `hf://org/repo/path/in/repo[@revision]` (also `hf://org/repo@revision/path`;
-datasets: `hf://datasets/org/name/path`) or `civitai:<version id>`. The entry is resolved
+SOURCE is a URL, `hf://org/repo/path/in/repo[@revision]` (also `hf://org/repo@revision/path`,
+for a path that holds `@`, with `/` in the revision written `%2F`; datasets:
+`hf://datasets/org/name/path`) or `civitai:<version id>`. The entry is resolved
 through its source's metadata (nothing is downloaded) and appended as a `[[models]]` table
 with the size and sha256 the source publishes. The manifest's existing text is kept byte
 for byte: the new table is added at the end, its values rendered by tomlkit, and the result
@@ -18,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import tomli
 import tomlkit
@@ -85,7 +86,8 @@ def _parse_hf(source: str) -> dict[str, Any]:
     repo, path, revision = "/".join(parts[:n]), "/".join(parts[n:]), None
     if "@" in repo:  # hf://org/repo@revision/path, as huggingface_hub's HfFileSystem spells it
         repo, revision = repo.split("@", 1)
-    elif "@" in parts[-1]:  # hf://org/repo/path@revision
+        revision = unquote(revision)  # refs%2Fpr%2F1
+    elif "@" in path:  # hf://org/repo/path@revision (a path holding @: use the form above)
         path, revision = path.rsplit("@", 1)
     if not repo.strip("/") or not path or revision == "":
         raise ModelsyncError(f"SOURCE {source!r}: expected hf://org/repo/path[@revision]")

@@ -78,7 +78,7 @@ def run_lock(
     reporter: Reporter | None = None,
 ) -> LockResult:
     """Lock every entry of ws.manifest (not only ws.entries: the lock covers the manifest)."""
-    old = ws.lock or Lock()
+    old = ws.lock if ws.lock is not None else Lock()
     new: dict[str, LockedEntry] = {}
     errors: dict[str, str] = {}
     unpinned: list[_Resolved] = []
@@ -151,8 +151,8 @@ def _locked(
         commit=remote.commit,
         size=desired.size,
         estimated_size=desired.estimated_size if desired.size is None else None,
-        sha256=desired.sha256,
-        xxh3_128=desired.xxh3_128,
+        sha256=desired.sha256.lower() if desired.sha256 else None,
+        xxh3_128=desired.xxh3_128.lower() if desired.xxh3_128 else None,
     )
 
 

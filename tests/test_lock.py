@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import xxhash
 
+from modelsync.lockfile import Lock, LockedEntry, dumps_lock
 from tests.clirun import Run, modelsync
 from tests.conftest import Served, blob, serve, write_manifest
 from tests.servers import SIGNATURE_MARK, FakeCivitai, FakeHub, FileServer
@@ -127,6 +128,7 @@ def test_lock_output_is_deterministic_sorted_and_holds_no_timestamp_query_or_tok
     first = lock.read_bytes()
     mtime = lock.stat().st_mtime_ns
     assert fileserver.requests == []  # published/manifest hashes: nothing to download
+    assert not (tmp_path / "models").exists()  # nor anything written under root
 
     run = modelsync("lock", manifest)
     assert run.code == 0, run.stderr
@@ -180,8 +182,10 @@ def test_apply_locked_refuses_a_missing_or_stale_lock_and_names_the_entries(
     # Without --locked, stale entries follow the manifest, with a warning.
     run, doc = apply_json(manifest)
     assert run.code == 0, run.stderr
-    assert "b.bin: changed in the manifest since models.lock was written" in run.stderr
-    assert "c.bin: added to the manifest since models.lock was written" in run.stderr
+    warnings = "\n".join(doc["warnings"])
+    assert "b.bin: changed in the manifest since models.lock was written" in warnings
+    assert "c.bin: added to the manifest since models.lock was written" in warnings
+    assert "a.bin" not in warnings
     assert (root / "other/b.bin").read_bytes() == b.data
 
     # Editing a pin makes the entry stale too.
@@ -211,7 +215,8 @@ def test_a_broken_lock_is_an_exit_2_error_naming_the_file(
     a = serve(fileserver, "/a.bin", 1000, seed=7)
     manifest = write_manifest(tmp_path / "models.toml", [pinned(a)])
     manifest.with_suffix(".lock").write_text(content)
-    for command in ("plan", "apply", "lock"):
+    # Every command that reads the lock refuses it (all of them for one case: CLI start-up costs).
+    for command in ("plan", "apply", "lock") if problem == "TOML syntax error" else ("plan",):
         run = modelsync(command, manifest)
         assert run.code == 2, (command, run.stderr)
         assert "models.lock: invalid lock file" in run.stderr and problem in run.stderr
@@ -256,9 +261,7 @@ def test_xxh3_is_locked_once_the_file_is_verified_and_kept_after(
     assert modelsync("apply", manifest).code == 0
     run = modelsync("lock", manifest)
     assert run.code == 0 and re.search(r"updated\s+a\.bin\s+\(.*xxh3_128", run.stderr)
-    assert read_lock(manifest)["models"]["a.bin"]["xxh3_128"] == xxhash.xxh3_128_hexdigest(
-        a.data
-    )
+    assert read_lock(manifest)["models"]["a.bin"]["xxh3_128"] == xxhash.xxh3_128_hexdigest(a.data)
     before = manifest.with_suffix(".lock").read_bytes()
 
     (tmp_path / "models/misc/a.bin").unlink()  # a property of the bytes, not of this disk
@@ -346,3 +349,18 @@ def test_hf_file_without_published_sha256_is_downloaded_and_pinned(
     hub.reset_log()
     assert modelsync("apply", manifest, "--locked", env=env).code == 0
     assert hub.requests == []
+
+
+def test_lock_text_round_trips_names_and_paths_that_need_escaping() -> None:
+    names = ["plain", 'with "quotes"', "back\\slash", "tab\tand\u007fdel", "ünïcode ✓", "a.b"]
+    lock = Lock(
+        models={
+            name: LockedEntry(fingerprint="0" * 64, path=f"d/{i}.bin", sha256="a" * 64)
+            for i, name in enumerate(names)
+        }
+    )
+    text = dumps_lock(lock, 'odd "name".toml')
+    data = tomllib.loads(text)
+    assert sorted(data["models"]) == sorted(names)
+    assert Lock.model_validate(data) == lock
+    assert dumps_lock(Lock.model_validate(data), 'odd "name".toml') == text
