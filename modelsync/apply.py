@@ -8,21 +8,22 @@ import signal
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import filelock
 
-from modelsync.aria2 import Aria2Daemon, resolve_attach_settings
+if TYPE_CHECKING:
+    from modelsync.aria2 import Aria2Daemon
+
 from modelsync.commands import failed_targets, unpinned_warnings
 from modelsync.errors import EXIT_USAGE, ModelsyncError
-from modelsync.executor import ApplyOptions, Executor
 from modelsync.layout import Layout
 from modelsync.progress import NullReporter, Reporter
 from modelsync.reconcile import ActionKind, Plan
-from modelsync.remote import RemoteFile
 from modelsync.results import EntryResult, Report, Status, free_bytes
 from modelsync.sources import locate
 from modelsync.state import StateDB
-from modelsync.ui import human_size
+from modelsync.units import human_size
 from modelsync.workspace import Target, Workspace
 
 
@@ -111,6 +112,8 @@ def _is_our_aria2c(pid: int, layout: Layout) -> bool:
 def open_daemon(
     ws: Workspace, request: ApplyRequest, max_concurrent: int, max_speed: int
 ) -> Aria2Daemon:
+    from modelsync.aria2 import Aria2Daemon, resolve_attach_settings
+
     attach = resolve_attach_settings(request.aria2_url, request.aria2_secret, ws.env)
     if attach is not None:
         daemon = Aria2Daemon.attach(*attach)
@@ -137,7 +140,6 @@ def run_apply(
 ) -> Report:
     reporter = reporter or NullReporter()
     started = time.monotonic()
-    settings = ws.manifest.settings
     with root_lock(ws, request.lock_timeout, on_lock_wait):
         targets = ws.targets()
         with StateDB.open(ws.root, create=True) as state:
@@ -149,27 +151,7 @@ def run_apply(
             if plan.in_sync:
                 results += _all_ok(plan)
             else:
-                jobs = request.jobs or settings.max_concurrent
-                speed = request.max_speed if request.max_speed is not None else settings.max_speed
-                executor = Executor(
-                    ws.layout,
-                    lambda: open_daemon(ws, request, jobs, speed),
-                    state,
-                    resolver=lambda name, fresh: _locate(ws, targets, name, fresh),
-                    options=ApplyOptions(
-                        jobs=jobs,
-                        connections=request.connections
-                        if request.connections is not None
-                        else settings.connections,
-                        stall_timeout=request.stall_timeout,
-                    ),
-                    reporter=reporter,
-                    secrets=_secrets(ws, request),
-                )
-                if any(a.kind is not ActionKind.VERIFY for a in plan.pending):
-                    executor.daemon  # noqa: B018 - fail (exit 2) before any work if aria2 is unusable
-                results += executor.run(plan)
-                ws.layout.daemon_pid.unlink(missing_ok=True)
+                results += _execute(ws, request, plan, targets, state, reporter)
         order = {t.name: i for i, t in enumerate(targets)}
         results.sort(key=lambda r: order[r.name])
         pruned: tuple[str, ...] = ()
@@ -190,9 +172,40 @@ def run_apply(
     )
 
 
-def _locate(ws: Workspace, targets: list[Target], name: str, fresh: bool) -> RemoteFile:
-    entry = next(t.entry for t in targets if t.name == name)
-    return locate(entry, ws.sources, fresh=fresh)
+def _execute(
+    ws: Workspace,
+    request: ApplyRequest,
+    plan: Plan,
+    targets: list[Target],
+    state: StateDB,
+    reporter: Reporter,
+) -> list[EntryResult]:
+    # Imported here: aria2p and the executor cost a no-op apply a quarter second.
+    from modelsync.executor import ApplyOptions, Executor
+
+    settings = ws.manifest.settings
+    jobs = request.jobs or settings.max_concurrent
+    speed = request.max_speed if request.max_speed is not None else settings.max_speed
+    connections = request.connections
+    entries = {t.name: t.entry for t in targets}
+    executor = Executor(
+        ws.layout,
+        lambda: open_daemon(ws, request, jobs, speed),
+        state,
+        resolver=lambda name, fresh: locate(entries[name], ws.sources, fresh=fresh),
+        options=ApplyOptions(
+            jobs=jobs,
+            connections=connections if connections is not None else settings.connections,
+            stall_timeout=request.stall_timeout,
+        ),
+        reporter=reporter,
+        secrets=_secrets(ws, request),
+    )
+    if any(a.kind is not ActionKind.VERIFY for a in plan.pending):
+        executor.daemon  # noqa: B018 - fail (exit 2) before any work if aria2 is unusable
+    results = executor.run(plan)
+    ws.layout.daemon_pid.unlink(missing_ok=True)
+    return results
 
 
 def _all_ok(plan: Plan) -> list[EntryResult]:

@@ -6,7 +6,6 @@ import os
 import stat as stat_mod
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import PurePosixPath
 
 from modelsync.layout import OWN_DIR, PARTIAL_SUFFIX, Layout, tmp_name
 from modelsync.reconcile import CachedHashes, Observed, Unmanaged
@@ -42,10 +41,11 @@ def observe(
     rows = state.get_many([d.path for d in wanted]) if state else {}
     partials = partial_sizes(layout)
     observed: dict[str, Observed] = {}
+    root = os.fspath(layout.root)
     for d in wanted:
-        partial = partials.get(tmp_name(d.path))
+        partial = partials.get(tmp_name(d.path)) if partials else None
         try:
-            st = os.stat(layout.target(d.path))
+            st = os.stat(os.path.join(root, d.path))  # str, not Path: 10,000s of these
         except (FileNotFoundError, NotADirectoryError):
             observed[d.path] = Observed(partial_bytes=partial)
             continue
@@ -73,7 +73,7 @@ def find_unmanaged(
     """
     known = set(known_paths)
     skip = set(unknown_dirs)
-    managed = {str(PurePosixPath(p).parent) for p in known} - skip
+    managed = {p.rpartition("/")[0] or "." for p in known} - skip
     found: list[Unmanaged] = []
     for folder in sorted(managed):
         rel_folder = "" if folder == "." else folder

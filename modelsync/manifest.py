@@ -6,9 +6,10 @@ import difflib
 import os
 import re
 from collections.abc import Mapping
+from functools import cached_property
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote
 
 import tomli
 from pydantic import (
@@ -65,12 +66,12 @@ def _relative_path(what: str) -> Any:
             raise ValueError(f"{what} must use '/' as separator, not '\\': {value!r}")
         if value.startswith("/") or re.match(r"^[A-Za-z]:", value):
             raise ValueError(f"{what} must be relative to root, not absolute: {value!r}")
-        parts = PurePosixPath(value).parts
+        parts = [p for p in value.split("/") if p not in ("", ".")]
         if ".." in parts:
             raise ValueError(f"{what} must not contain '..': {value!r}")
         if parts and parts[0] == ".modelsync":
             raise ValueError(f"{what} must not be inside .modelsync/, modelsync's own folder")
-        return "/".join(p for p in parts if p != ".")
+        return "/".join(parts)
 
     return AfterValidator(check)
 
@@ -122,7 +123,7 @@ class Entry(_Strict):
             raise ValueError("no source: set exactly one of url, hf (with file) or civitai")
         if len(given) > 1:
             raise ValueError(f"two sources ({' and '.join(given)}): keep exactly one per entry")
-        if self.url is not None and urlsplit(self.url).scheme not in {"http", "https"}:
+        if self.url is not None and not _is_http(self.url):
             raise ValueError(f"url must start with http:// or https://: {self.url!r}")
         if self.hf is not None and not self.file:
             raise ValueError('hf entries need file = "path/in/repo"')
@@ -131,7 +132,7 @@ class Entry(_Strict):
         if self.revision is not None and self.hf is None:
             raise ValueError("revision is only for hf entries")
         for mirror in self.mirrors:
-            if urlsplit(mirror).scheme not in {"http", "https"}:
+            if not _is_http(mirror):
                 raise ValueError(f"mirrors must be http(s) URLs: {mirror!r}")
         if self.url is not None and self.filename is None and not _url_basename(self.url):
             raise ValueError(f"cannot take a file name from url {self.url!r}: set filename")
@@ -143,7 +144,8 @@ class Entry(_Strict):
             return "url"
         return "hf" if self.hf is not None else "civitai"
 
-    @property
+    # Cached: asked many times per entry per run, for thousands of entries.
+    @cached_property
     def default_filename(self) -> str | None:
         """The file name known without asking the source (None for civitai without one)."""
         if self.filename:
@@ -151,14 +153,20 @@ class Entry(_Strict):
         if self.url is not None:
             return _url_basename(self.url)
         if self.hf is not None and self.file:
-            return PurePosixPath(self.file).name
+            return self.file.rpartition("/")[2]
         return None
 
-    @property
+    @cached_property
     def display_name(self) -> str:
         # Civitai names its file only through its API; a stable offline name keeps
         # --only, the lock and error messages working without the network.
         return self.name or self.default_filename or f"civitai-{self.civitai}"
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Entry:
+        copy = super().model_copy(update=update, deep=deep)
+        for cached in ("default_filename", "display_name"):  # derived from fields that
+            copy.__dict__.pop(cached, None)  # `update` may have changed
+        return copy
 
     def relpath(self, filename: str | None = None) -> str | None:
         name = filename or self.default_filename
@@ -167,8 +175,16 @@ class Entry(_Strict):
         return f"{self.dir}/{name}" if self.dir else name
 
 
+def _is_http(url: str) -> bool:
+    return url[:8].lower().startswith(("http://", "https://"))
+
+
 def _url_basename(url: str) -> str:
-    return unquote(PurePosixPath(urlsplit(url).path).name)
+    # String operations, not urlsplit/PurePosixPath: this runs for every entry, often.
+    path = url.split("#", 1)[0].split("?", 1)[0]
+    if "://" in path:
+        path = path.split("://", 1)[1].partition("/")[2]
+    return unquote(path.rstrip("/").rpartition("/")[2]) if path.strip("/") else ""
 
 
 class Manifest(_Strict):
@@ -327,17 +343,25 @@ def _cross_entry_problems(manifest: Manifest, text: str) -> list[str]:
 
 
 def check_paths_inside(manifest: Manifest, root: Path) -> None:
-    """Reject targets that escape root through a symlink (reads the disk, writes nothing)."""
-    real_root = Path(os.path.realpath(root))
-    problems = []
-    for i, entry in enumerate(manifest.models):
-        rel = entry.relpath() or entry.dir
-        real = Path(os.path.realpath(root / rel)) if rel else real_root
-        if real != real_root and real_root not in real.parents:
-            problems.append(
-                f"models[{i}] ({entry.display_name}): key 'dir': {rel!r} resolves to {real}, "
-                f"outside root {real_root} (through a symlink); point dir elsewhere"
-            )
+    """Reject folders that escape root through a symlink (reads the disk, writes nothing).
+
+    Folders, not files: a file is only ever put in place with a rename, which replaces
+    a symlink at the target rather than writing through it. One realpath per folder
+    keeps this cheap for manifests of thousands of entries.
+    """
+    real_root = os.path.realpath(root)
+    escaping: dict[str, str] = {}
+    for folder in {entry.dir for entry in manifest.models if entry.dir}:
+        real = os.path.realpath(os.path.join(root, folder))
+        if real != real_root and not real.startswith(real_root.rstrip(os.sep) + os.sep):
+            escaping[folder] = real
+    problems = [
+        f"models[{i}] ({entry.display_name}): key 'dir': {entry.dir!r} resolves to "
+        f"{escaping[entry.dir]}, outside root {real_root} (through a symlink); "
+        "point dir elsewhere"
+        for i, entry in enumerate(manifest.models)
+        if entry.dir in escaping
+    ]
     if problems:
         raise ManifestError(str(manifest.path), problems)
 

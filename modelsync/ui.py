@@ -17,17 +17,18 @@ from rich.progress import (
     TimeRemainingColumn,
     TransferSpeedColumn,
 )
-from rich.table import Table
+from rich.text import Text
 
 from modelsync.errors import ModelsyncError
 from modelsync.results import EntryResult, Report, Status
+from modelsync.units import human_size
 
 if TYPE_CHECKING:
     from modelsync.addcmd import AddResult
     from modelsync.lockcmd import LockResult
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     from modelsync.doctor import Check
 
@@ -51,17 +52,6 @@ STATUS_STYLE = {
     Status.MISSING: "red",
     Status.CORRUPT: "red",
 }
-
-
-def human_size(n: int | None) -> str:
-    if n is None:
-        return "?"
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    raise AssertionError("unreachable")
 
 
 def report_json(report: Report) -> dict[str, Any]:
@@ -105,25 +95,64 @@ def print_warnings(report: Report) -> None:
         err_console.print(f"[yellow]warning:[/] {escape(warning)}")
 
 
+LIST_ALL_UP_TO = 100  # longer reports list only what is not ok (--json has everything)
+
+Segment = tuple[str, str]  # (text, rich style)
+
+
+def write_lines(rows: list[list[Segment]]) -> None:
+    """Aligned columns, coloured on a terminal; linear in the number of rows (rich's
+    Table takes seconds for 10,000)."""
+    if not rows:
+        return
+    widths = [max(len(row[i][0]) for row in rows if i < len(row)) for i in range(len(rows[0]))]
+    text = Text()
+    for row in rows:
+        for i, (cell, style) in enumerate(row):
+            last = i == len(row) - 1
+            text.append(cell if last else cell.ljust(widths[i]) + "  ", style=style or None)
+        text.append("\n")
+    text.rstrip()
+    err_console.print(text)
+
+
+def _shown(
+    entries: tuple[EntryResult, ...], interesting: Callable[[EntryResult], bool]
+) -> list[EntryResult]:
+    if len(entries) <= LIST_ALL_UP_TO:
+        return list(entries)
+    return [e for e in entries if interesting(e)]
+
+
 def print_plan(report: Report) -> None:
-    table = Table.grid(padding=(0, 2))
-    for e in report.entries:
+    rows: list[list[Segment]] = []
+    shown = _shown(report.entries, lambda e: e.action != "ok" or e.status is Status.FAILED)
+    for e in shown:
         symbol, style = SYMBOLS.get(e.action, ("!", "red"))
+        action = e.action
         if e.status is Status.FAILED:
-            symbol, style = "!", "red"
-        detail = e.error or e.detail
-        table.add_row(
-            f"[{style}]{symbol}[/]",
-            escape(e.path or e.name),
-            human_size(e.size),
-            f"[{style}]{e.action if e.status is not Status.FAILED else 'failed'}[/]",
-            f"[dim]{escape(detail)}[/]" if detail and e.action != "ok" else "",
+            symbol, style, action = "!", "red", "failed"
+        detail = (e.error or e.detail) if e.action != "ok" else ""
+        rows.append(
+            [
+                (symbol, style),
+                (e.path or e.name, ""),
+                (human_size(e.size), ""),
+                (action, style),
+                (detail, "dim"),
+            ]
         )
     for u in report.unmanaged:
-        table.add_row(
-            "[magenta]-[/]", escape(u.path), human_size(u.size), "[magenta]unmanaged[/]", ""
+        rows.append(
+            [
+                ("-", "magenta"),
+                (u.path, ""),
+                (human_size(u.size), ""),
+                ("unmanaged", "magenta"),
+                ("", ""),
+            ]
         )
-    err_console.print(table)
+    write_lines(rows)
     print_warnings(report)
     pending: dict[str, int] = {}
     for e in report.entries:
@@ -134,8 +163,9 @@ def print_plan(report: Report) -> None:
         f"{n} to {k}" if k != "failed" else f"{n} failed" for k, n in pending.items()
     )
     ok = sum(1 for e in report.entries if e.action == "ok" and e.status is Status.OK)
+    hidden = " (not listed)" if len(shown) < len(report.entries) else ""
     err_console.print(
-        f"Plan: {summary or 'nothing to do'}; {ok} ok"
+        f"Plan: {summary or 'nothing to do'}; {ok} ok{hidden}"
         + (f", {len(report.unmanaged)} unmanaged" if report.unmanaged else "")
         + f". {human_size(report.download_bytes)} to download, "
         f"{human_size(report.free_bytes)} free on root's filesystem."
@@ -143,13 +173,14 @@ def print_plan(report: Report) -> None:
 
 
 def print_entries(report: Report) -> None:
-    """verify/apply: one line per entry, then the counts."""
-    for e in report.entries:
+    """verify: one line per entry (per problem, for long reports), then the counts."""
+    rows: list[list[Segment]] = []
+    for e in _shown(report.entries, lambda e: e.status is not Status.OK):
         style = STATUS_STYLE[e.status]
-        line = f"[{style}]{e.status.value:>10}[/]  {escape(e.path or e.name)}"
+        rows.append([(f"{e.status.value:>10}", style), (e.path or e.name, "")])
         if e.error:
-            line += f"\n            [red]{escape(e.error)}[/]"
-        err_console.print(line)
+            rows.append([("", ""), (e.error, "red")])
+    write_lines(rows)
     print_warnings(report)
     counts = ", ".join(f"{report.count(s)} {s.value}" for s in Status if report.count(s))
     err_console.print(

@@ -173,7 +173,7 @@ def test_interrupted_apply_resumes(
 ) -> None:
     manifest = write_manifest(tmp_path / "models.toml", [entry(slow_file)])
     proc = start_apply(manifest, "--connections", "2")
-    wait_for_bytes(fileserver, proc, 4 * MIB)
+    wait_for_bytes(fileserver, proc, 6 * MIB)
     if sig == signal.SIGINT:
         os.killpg(proc.pid, sig)  # what Ctrl-C in a terminal does: the whole foreground group
     else:
@@ -194,7 +194,8 @@ def test_interrupted_apply_resumes(
     assert code == 0, err
     assert (root_of(tmp_path) / "checkpoints/slow.bin").read_bytes() == slow_file.data
     served_again = fileserver.bytes_served("/slow.bin")
-    assert served_again <= len(slow_file.data) - 3 * MIB, served_again
+    # 6 MiB were served before the interrupt; pieces in flight may be fetched again.
+    assert served_again <= len(slow_file.data) - 2 * MIB, served_again
 
 
 def test_resume_without_range_support_restarts_cleanly(

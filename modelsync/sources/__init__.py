@@ -79,11 +79,23 @@ def source_of(entry: Entry, env: Mapping[str, str]) -> SourceName:
     assert entry.url is not None
     from . import civitai, huggingface
 
+    special = {*huggingface.HUB_HOSTS, *civitai.CIVITAI_HOSTS}
+    special |= {_host(huggingface.endpoint(env)), _host(civitai.endpoint(env))}
+    if _host(entry.url) not in special:  # string ops: this runs for every url entry
+        return "url"
     if huggingface.is_hub_url(entry.url, env):
         return "hf"
     if civitai.is_civitai_url(entry.url, env):
         return "civitai"
     return "url"
+
+
+def _host(url: str) -> str:
+    netloc = url.partition("://")[2].partition("/")[0].partition("?")[0].partition("#")[0]
+    host = netloc.rpartition("@")[2]
+    if host.startswith("["):  # an IPv6 literal keeps its colons
+        return host.partition("]")[0].lower() + "]"
+    return host.partition(":")[0].lower()
 
 
 def resolve(entry: Entry, ctx: SourceContext, *, fresh: bool = False) -> RemoteFile:

@@ -66,8 +66,8 @@ def token(env: Mapping[str, str]) -> str | None:
 
 def is_civitai_url(url: str, env: Mapping[str, str]) -> bool:
     """On civitai.com or on the $CIVITAI_ENDPOINT origin."""
-    host = (urlsplit(url).hostname or "").lower()
-    return host in CIVITAI_HOSTS or origin(url) == origin(endpoint(env))
+    where = origin(url)
+    return where[1] in CIVITAI_HOSTS or where == origin(endpoint(env))
 
 
 def parse_civitai_url(url: str) -> CivitaiRef:

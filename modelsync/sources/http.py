@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
 from urllib.parse import urlsplit
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -9,6 +10,7 @@ _DEFAULT_PORTS = {"http": 80, "https": 443}
 Origin = tuple[str, str, int]
 
 
+@lru_cache(maxsize=16384)  # asked of every url entry, twice, on every run
 def origin(url: str) -> Origin:
     """(scheme, host, port) of a URL, the port made explicit: what a token is bound to."""
     parts = urlsplit(url)

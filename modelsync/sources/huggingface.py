@@ -78,8 +78,8 @@ def endpoint(env: Mapping[str, str]) -> str:
 
 def is_hub_url(url: str, env: Mapping[str, str]) -> bool:
     """On huggingface.co (hf.co) or on the $HF_ENDPOINT origin."""
-    host = (urlsplit(url).hostname or "").lower()
-    return host in HUB_HOSTS or origin(url) == origin(endpoint(env))
+    where = origin(url)
+    return where[1] in HUB_HOSTS or where == origin(endpoint(env))
 
 
 def parse_repo(hf: str) -> tuple[RepoType, str]:
