@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from modelsync.lockfile import Lock, desired_from_lock, read_lock, source_entry
 from modelsync.manifest import Entry, Manifest, check_paths_inside
 from modelsync.reconcile import Plan, reconcile
 from modelsync.remote import Desired, RemoteFile
-from modelsync.sources import SourceContext, resolve
+from modelsync.sources import SourceContext, needs_network, resolve
 from modelsync.state import StateDB
 
 
@@ -101,21 +102,34 @@ class Workspace:
             )
 
     def targets(self) -> list[Target]:
-        """Current lock entries are used as they are (no source asked); others resolve."""
-        out = []
+        """Current lock entries are used as they are (no source asked); others resolve,
+        those that ask a server (Hugging Face, Civitai) several at a time."""
+        out: dict[str, Target] = {}
+        pending: list[Entry] = []
         for entry in self.entries:
             locked = self.lock.current(entry) if self.lock is not None else None
             if locked is not None:
-                out.append(Target(source_entry(entry, locked), desired_from_lock(entry, locked)))
-                continue
-            warning = self._stale_warning(entry)
-            try:
-                remote = resolve(entry, self.sources)
-            except ModelsyncError as exc:
-                out.append(Target(entry, None, error=str(exc), warning=warning))
-                continue
-            out.append(Target(entry, desired_for(entry, remote), remote, warning=warning))
-        return out
+                target = Target(source_entry(entry, locked), desired_from_lock(entry, locked))
+                out[entry.display_name] = target
+            else:
+                pending.append(entry)
+        remote_ones = [e for e in pending if needs_network(e, self.env)]
+        if len(remote_ones) > 1:
+            with ThreadPoolExecutor(max_workers=min(8, len(remote_ones))) as pool:
+                resolved = dict(zip(remote_ones, pool.map(self._resolve, remote_ones), strict=True))
+        else:
+            resolved = {}
+        for entry in pending:
+            out[entry.display_name] = resolved.get(entry) or self._resolve(entry)
+        return [out[e.display_name] for e in self.entries]
+
+    def _resolve(self, entry: Entry) -> Target:
+        warning = self._stale_warning(entry)
+        try:
+            remote = resolve(entry, self.sources)
+        except ModelsyncError as exc:
+            return Target(entry, None, error=str(exc), warning=warning)
+        return Target(entry, desired_for(entry, remote), remote, warning=warning)
 
     def _stale_warning(self, entry: Entry) -> str | None:
         if self.lock is None:
