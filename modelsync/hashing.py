@@ -244,11 +244,15 @@ class PrefixHasher:
         self._lock = threading.Lock()
 
     def advance(self, upto: int, check: Callable[[int], None] | None = None) -> None:
-        """Hash bytes [offset, upto) of the file; `check(n)` may raise to stop."""
+        """Hash bytes [offset, upto) of the file; `check(n)` may raise to stop.
+
+        Also flushes what is written so far to disk: the fsync before the file is put
+        in place then has little left to do (1 GiB took 1.5 s here when flushed at once).
+        """
         with self._lock:
             try:
                 if upto > self.offset:
-                    self._read(upto, check)
+                    self._read(upto, check, sync=True)
             finally:
                 self.busy = False
 
@@ -257,7 +261,7 @@ class PrefixHasher:
             self._read(size, check)
             return FileHashes(self.offset, self._sha.hexdigest(), self._xxh.hexdigest())
 
-    def _read(self, upto: int, check: Callable[[int], None] | None) -> None:
+    def _read(self, upto: int, check: Callable[[int], None] | None, sync: bool = False) -> None:
         fd = os.open(self.path, os.O_RDONLY)
         try:
             while self.offset < upto:
@@ -270,5 +274,7 @@ class PrefixHasher:
                 self.offset += n
                 if check is not None:
                     check(n)
+            if sync:
+                os.fdatasync(fd)
         finally:
             os.close(fd)
