@@ -33,6 +33,7 @@ class Timed:
     maxrss_mib: float
     stdout: str
     stderr: str
+    cpu_seconds: float = 0.0  # user + system time of the child and what it reaped
 
     def check(self, what: str) -> Timed:
         if self.returncode != 0:
@@ -80,6 +81,7 @@ def run_timed(
             usage.ru_maxrss / 1024,  # KiB on Linux
             out.read().decode(errors="replace"),
             err.read().decode(errors="replace"),
+            usage.ru_utime + usage.ru_stime,
         )
 
 
@@ -98,9 +100,7 @@ class Row:
 
 def print_table(title: str, rows: Sequence[Row]) -> None:
     print(f"\n{title}")
-    header = (
-        f"  {'method':<40} {'seconds':>8} {'MB/s':>8} {'ratio':>7}  {'target':<14} {'met?':<5}"
-    )
+    header = f"  {'method':<40} {'seconds':>8} {'MB/s':>8} {'ratio':>7}  {'target':<16} {'met?':<5}"
     print(header)
     print("  " + "-" * (len(header) - 2))
     for r in rows:
@@ -108,7 +108,7 @@ def print_table(title: str, rows: Sequence[Row]) -> None:
         mbps = f"{r.nbytes / r.seconds / 1e6:.0f}" if r.nbytes and r.seconds else ""
         ratio = f"{r.ratio:.2f}x" if r.ratio is not None else ""
         met = "" if r.met is None else ("yes" if r.met else "NO")
-        line = f"  {r.method:<40} {secs:>8} {mbps:>8} {ratio:>7}  {r.target:<14} {met:<5}"
+        line = f"  {r.method:<40} {secs:>8} {mbps:>8} {ratio:>7}  {r.target:<16} {met:<5}"
         print((line + (f" {r.note}" if r.note else "")).rstrip())
     sys.stdout.flush()
 

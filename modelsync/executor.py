@@ -49,12 +49,12 @@ class ApplyOptions:
 
 
 def connections_for(size: int | None, override: int = 0) -> int:
-    """Enough connections that each gets a segment of 8–16 MiB, up to aria2's 16."""
+    """One connection per 8 MiB segment, up to aria2's 16 (a 64 MiB file gets 8)."""
     if override:
         return min(override, MAX_CONNECTIONS)
     if size is None:
         return MAX_CONNECTIONS
-    return max(1, min(MAX_CONNECTIONS, math.ceil(size / (2 * MIN_SEGMENT))))
+    return max(1, min(MAX_CONNECTIONS, math.ceil(size / MIN_SEGMENT)))
 
 
 # (entry name, fresh) → where aria2 can fetch it right now. Called at every add: the first
@@ -270,6 +270,10 @@ class Executor:
             "split": str(n),
             "max-connection-per-server": str(n),
             "min-split-size": f"{MIN_SEGMENT // MIB}M",
+            # Fill the file from the front, so that most of it is hashed (and flushed)
+            # while the rest downloads: 88-99% at completion, against ~6% with aria2's
+            # default of one region per connection (benchmarks/bench_download.py).
+            "stream-piece-selector": "inorder",
             # A server that ignores Range makes aria2 start over instead of failing.
             "always-resume": "false",
             "max-resume-failure-tries": "0",
