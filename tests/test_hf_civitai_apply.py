@@ -432,3 +432,38 @@ def test_expired_signed_url_is_resolved_again_on_retry(
     else:  # the download URL was walked again
         assert len([r for r in civ.requests if r.path == "/api/download/models/202"]) >= 2
     assert_no_leak(tmp_path, run, HF_TOKEN, CIV_TOKEN)
+
+
+def test_token_given_to_aria2_never_shows_in_its_command_line(
+    tmp_path: Path, hub: FakeHub, civ: FakeCivitai
+) -> None:
+    """The one case where aria2 carries the token (a git file on the Hub): over RPC only."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, **environment(tmp_path, hub, civ), "HF_TOKEN": HF_TOKEN}
+    manifest = write_manifest(
+        tmp_path / "models.toml",
+        [{"hf": "org/private", "file": "config.json", "dir": "cfg", "name": "cfg"}],
+    )
+    hub.faults.first_byte_delay = 1.0  # hold aria2's request open while we look at it
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "modelsync", "apply", str(manifest), "--no-progress"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert hub.wait_until(
+            lambda: any("aria2" in r.headers.get("user-agent", "") for r in hub.requests), 60
+        )
+        pid = int((root_of(tmp_path) / ".modelsync" / "aria2.pid").read_text())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode()
+        assert "aria2c" in cmdline and HF_TOKEN not in cmdline
+        assert "rpc-secret" not in cmdline  # the RPC secret is in a deleted 0600 file
+    finally:
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert HF_TOKEN not in out + err
