@@ -43,7 +43,13 @@ class ApplyRequest:
 @contextlib.contextmanager
 def root_lock(ws: Workspace, timeout: float, on_wait: Callable[[], None]) -> Iterator[None]:
     """One apply per root. flock dies with its process, so a dead holder never blocks."""
-    ws.layout.own.mkdir(parents=True, exist_ok=True)
+    try:
+        ws.layout.own.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ModelsyncError(
+            f"cannot use {ws.root} as the models folder: {exc.strerror or exc}",
+            "check --root / settings.root: it must be a folder you can write to",
+        ) from None
     lock = filelock.FileLock(ws.layout.lock)
     try:
         lock.acquire(timeout=0)
@@ -220,10 +226,7 @@ def _prune(
 ) -> tuple[str, ...]:
     paths = [u.path for u in plan.unmanaged]
     if confirm is None or not confirm(paths):
-        raise ModelsyncError(
-            "--prune needs confirmation: pass --yes, or run it in a terminal to be asked",
-            f"{len(paths)} unmanaged file(s) were kept",
-        )
+        return ()  # declined: the files stay, and are reported as unmanaged
     for rel in paths:
         os.unlink(ws.layout.target(rel))
     return tuple(paths)

@@ -11,7 +11,7 @@ import click
 import typer
 
 from modelsync import ui
-from modelsync.errors import EXIT_INTERRUPTED, EXIT_USAGE, ModelsyncError
+from modelsync.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, ModelsyncError
 from modelsync.manifest import load_manifest, resolve_root
 from modelsync.workspace import Workspace
 
@@ -233,6 +233,10 @@ def main() -> None:
         sys.exit(EXIT_USAGE)
     except (KeyboardInterrupt, click.exceptions.Abort):
         _interrupted()
+    except OSError as exc:  # the disk said no where we did not expect it: no traceback
+        where = f" ({exc.filename})" if exc.filename else ""
+        ui.print_error(ModelsyncError(f"{exc.strerror or exc}{where}", "check the path"))
+        sys.exit(EXIT_FAILED)
 
 
 def _interrupted() -> None:

@@ -99,7 +99,8 @@ def run_verify(ws: Workspace, *, strict: bool = False) -> Report:
             continue
         to_hash[path] = (t, st)
     fast = [p for p, (t, _) in to_hash.items() if not strict and _fast_verifiable(t)]
-    full = [p for p in to_hash if p not in set(fast)]
+    fast_set = set(fast)
+    full = [p for p in to_hash if p not in fast_set]
     hashed = {**hash_files(full), **hash_files(fast, with_sha256=False)}
     # Nothing present: open no database, so verify of an empty root creates nothing.
     with StateDB.open(ws.root, create=bool(to_hash)) as state:

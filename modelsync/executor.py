@@ -355,6 +355,7 @@ class Executor:
         if job.attempts >= self.options.max_attempts:
             self._fail(job, f"{why} (gave up after {job.attempts} attempts)")
             return
+        job.prefix = None  # the retry may rewrite bytes already hashed: start over
         job.retry_at = time.monotonic() + min(2 ** (job.attempts - 1), 30)
         self.reporter.warn(f"{job.desired.name}: {why}; retrying")
         self.waiting.append(job)
@@ -395,9 +396,13 @@ class Executor:
         return Placed(hashes, before)  # rename keeps size, mtime, inode and device
 
     def _hash_download(self, job: Job, size: int) -> tuple[FileHashes, bool]:
-        """The file's hashes, and whether they were (partly) taken while it was written."""
+        """The file's hashes, and whether they were (partly) taken while it was written.
+
+        Without a pin nothing would catch bytes rewritten after they were hashed, and
+        these hashes become the record (and the lock's pin): hash the file whole then.
+        """
         prefix, job.prefix = job.prefix, None  # a retry starts a fresh one
-        if prefix is not None:
+        if prefix is not None and job.desired.pinned:
             try:
                 return prefix.finish(size, self._check_cancel), True
             except OSError:

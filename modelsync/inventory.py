@@ -7,7 +7,7 @@ import stat as stat_mod
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from modelsync.layout import OWN_DIR, PARTIAL_SUFFIX, Layout, tmp_name
+from modelsync.layout import PARTIAL_SUFFIX, Layout, tmp_name
 from modelsync.reconcile import CachedHashes, Observed, Unmanaged
 from modelsync.remote import Desired
 from modelsync.state import StateDB
@@ -24,7 +24,7 @@ def partial_sizes(layout: Layout) -> dict[str, int]:
     sizes: dict[str, int] = {}
     try:
         entries = list(os.scandir(layout.tmp))
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return sizes
     for entry in entries:
         if entry.name.endswith(PARTIAL_SUFFIX) or not entry.is_file(follow_symlinks=False):
@@ -63,15 +63,20 @@ def observe(
 
 
 def find_unmanaged(
-    layout: Layout, known_paths: Iterable[str], unknown_dirs: Iterable[str] = ()
+    layout: Layout,
+    known_paths: Iterable[str],
+    unknown_dirs: Iterable[str] = (),
+    protected: Iterable[str] = (),
 ) -> tuple[Unmanaged, ...]:
     """Files directly inside the folders the manifest manages that it does not want.
 
     Only the managed folders themselves are listed (not their subfolders), so that
     --prune never reaches a folder the manifest does not name. `unknown_dirs` hold an
     entry whose file name is not known yet; nothing there is called unmanaged.
+    `protected` paths (the manifest and its lock, when they live under root) and hidden
+    files (editors' and our own atomic-write temporaries) are never unmanaged.
     """
-    known = set(known_paths)
+    known = set(known_paths) | set(protected)
     skip = set(unknown_dirs)
     managed = {p.rpartition("/")[0] or "." for p in known} - skip
     found: list[Unmanaged] = []
@@ -83,7 +88,7 @@ def find_unmanaged(
             continue
         for entry in entries:
             rel = f"{rel_folder}/{entry.name}" if rel_folder else entry.name
-            if rel in known or entry.name == OWN_DIR:
+            if rel in known or entry.name.startswith("."):  # .modelsync/ included
                 continue
             if entry.is_file(follow_symlinks=False) or entry.is_symlink():
                 found.append(Unmanaged(rel, entry.stat(follow_symlinks=False).st_size))

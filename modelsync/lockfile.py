@@ -22,7 +22,7 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import tomli
 from pydantic import (
@@ -132,7 +132,8 @@ def plain_url(url: str, secrets: Iterable[str] = ()) -> str | None:
     """
     parts = urlsplit(url)
     netloc = parts.netloc.rsplit("@", 1)[-1]
-    clean = urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+    path = quote(parts.path, safe="/%:@!$&'()*+,;=~-._")  # a raw space etc. → %20
+    clean = urlunsplit((parts.scheme, netloc, path, "", ""))
     if any(s and s in clean for s in secrets):
         return None
     return clean

@@ -76,8 +76,13 @@ def _relative_path(what: str) -> Any:
     return AfterValidator(check)
 
 
+def is_plain_file_name(value: str) -> bool:
+    """A name, not a path: what every target's last segment must be, wherever it came from."""
+    return bool(value) and value not in {".", ".."} and "/" not in value and "\\" not in value
+
+
 def _file_name(value: str) -> str:
-    if not value or value in {".", ".."} or "/" in value or "\\" in value:
+    if not is_plain_file_name(value):
         raise ValueError(f"filename must be a plain file name without folders: {value!r}")
     return value
 
@@ -134,8 +139,14 @@ class Entry(_Strict):
         for mirror in self.mirrors:
             if not _is_http(mirror):
                 raise ValueError(f"mirrors must be http(s) URLs: {mirror!r}")
-        if self.url is not None and self.filename is None and not _url_basename(self.url):
-            raise ValueError(f"cannot take a file name from url {self.url!r}: set filename")
+        derived = self.default_filename
+        if (
+            self.filename is None
+            and self.source != "civitai"
+            and not is_plain_file_name(derived or "")
+        ):
+            source = f"url {self.url!r}" if self.url is not None else f"file {self.file!r}"
+            raise ValueError(f"cannot take a safe file name from {source}: set filename")
         return self
 
     @property

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from modelsync.errors import ModelsyncError
+from modelsync.errors import ModelsyncError, SourceError
 from modelsync.inventory import find_unmanaged, observe
 from modelsync.layout import Layout
 from modelsync.lockfile import Lock, desired_from_lock, read_lock, source_entry
-from modelsync.manifest import Entry, Manifest, check_paths_inside
+from modelsync.manifest import Entry, Manifest, check_paths_inside, is_plain_file_name
 from modelsync.reconcile import Plan, reconcile
 from modelsync.remote import Desired, RemoteFile
 from modelsync.sources import SourceContext, needs_network, resolve
@@ -40,6 +41,12 @@ class Target:
 
 def desired_for(entry: Entry, remote: RemoteFile) -> Desired:
     """The manifest's own pins win; the source's published ones fill the gaps."""
+    if not entry.filename and not is_plain_file_name(remote.filename):
+        raise SourceError(
+            f"{entry.display_name}: the source names the file {remote.filename!r}, "
+            "which is not a plain file name",
+            "set filename in the manifest",
+        )
     exact = remote.size if remote.size_is_exact else None
     relpath = entry.relpath(entry.filename or remote.filename)
     assert relpath is not None
@@ -54,6 +61,25 @@ def desired_for(entry: Entry, remote: RemoteFile) -> Desired:
     )
 
 
+def _one_entry_per_path(targets: list[Target]) -> list[Target]:
+    """Entries whose file name comes from the source (Civitai) may meet at one path only
+    after resolution: the later ones fail rather than overwrite each other on every run."""
+    owner: dict[str, str] = {}
+    out = []
+    for t in targets:
+        path = t.desired.path if t.desired is not None else None
+        if path is not None and path in owner:
+            error = (
+                f"{t.name}: resolves to {path}, the file of {owner[path]}; "
+                "set filename (or dir) for one of them"
+            )
+            t = Target(t.entry, None, t.remote, error=error, warning=t.warning)
+        elif path is not None:
+            owner[path] = t.name
+        out.append(t)
+    return out
+
+
 class Workspace:
     """`lock`: the lock to plan with; by default the manifest's lock file, if any."""
 
@@ -66,6 +92,11 @@ class Workspace:
         *,
         lock: Lock | None = None,
     ) -> None:
+        if root.exists() and not root.is_dir():
+            raise ModelsyncError(
+                f"the models folder {root} is not a folder",
+                "point --root, $MODELSYNC_ROOT or settings.root at a folder",
+            )
         self.manifest = manifest
         self.root = root
         self.layout = Layout(root)
@@ -121,15 +152,15 @@ class Workspace:
             resolved = {}
         for entry in pending:
             out[entry.display_name] = resolved.get(entry) or self._resolve(entry)
-        return [out[e.display_name] for e in self.entries]
+        return _one_entry_per_path([out[e.display_name] for e in self.entries])
 
     def _resolve(self, entry: Entry) -> Target:
         warning = self._stale_warning(entry)
         try:
             remote = resolve(entry, self.sources)
+            return Target(entry, desired_for(entry, remote), remote, warning=warning)
         except ModelsyncError as exc:
             return Target(entry, None, error=str(exc), warning=warning)
-        return Target(entry, desired_for(entry, remote), remote, warning=warning)
 
     def _stale_warning(self, entry: Entry) -> str | None:
         if self.lock is None:
@@ -145,7 +176,17 @@ class Workspace:
         desired = [t.desired for t in targets if t.desired is not None]
         observed = observe(self.layout, desired, state)
         known, unknown_dirs = self._all_paths(targets)
-        return reconcile(desired, observed, find_unmanaged(self.layout, known, unknown_dirs))
+        unmanaged = find_unmanaged(self.layout, known, unknown_dirs, self._own_files())
+        return reconcile(desired, observed, unmanaged)
+
+    def _own_files(self) -> list[str]:
+        """The manifest and its lock, as paths under root when they live there."""
+        out = []
+        for path in (self.manifest.path, self.manifest.lock_path):
+            rel = os.path.relpath(os.path.abspath(path), self.root)
+            if not rel.startswith(".."):
+                out.append(rel.replace(os.sep, "/"))
+        return out
 
     def _all_paths(self, targets: list[Target]) -> tuple[set[str], set[str]]:
         """Every path the whole manifest wants (not just --only), so others aren't unmanaged."""

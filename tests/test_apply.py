@@ -381,3 +381,35 @@ def test_redirects_and_empty_files(tmp_path: Path, fileserver: FileServer) -> No
     assert statuses(doc) == {"moved.bin": "downloaded", "empty.bin": "downloaded"}
     assert (root_of(tmp_path) / "checkpoints/moved.bin").read_bytes() == real.data
     assert (root_of(tmp_path) / "checkpoints/empty.bin").read_bytes() == b""
+
+
+def test_prune_never_deletes_the_manifest_or_its_lock(
+    tmp_path: Path, fileserver: FileServer
+) -> None:
+    """root = "." with entries in root itself: the manifest and lock sit among the models."""
+    f = serve(fileserver, "/a.bin", 1000, seed=14)
+    manifest = write_manifest(
+        tmp_path / "models.toml", [{"url": f.url, "sha256": f.sha256}], {"root": "."}
+    )
+    assert modelsync("lock", manifest).code == 0
+    (tmp_path / "stray.ckpt").write_bytes(b"old")
+    (tmp_path / ".hidden").write_bytes(b"editor state")
+    code, doc, err = apply_json(manifest, "--prune", "--yes")
+    assert code == 0, err
+    assert doc["pruned"] == ["stray.ckpt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        ".hidden",
+        ".modelsync",
+        "a.bin",
+        "models.lock",
+        "models.toml",
+    ]
+
+
+def test_lock_pins_a_url_with_a_space(tmp_path: Path, fileserver: FileServer) -> None:
+    f = serve(fileserver, "/sp/a b.bin", 2000, seed=15)
+    manifest = write_manifest(tmp_path / "models.toml", [{"url": f.url.replace("%20", " ")}])
+    run = modelsync("lock", manifest)
+    assert run.code == 0, run.stderr
+    lock = (tmp_path / "models.lock").read_text()
+    assert "/sp/a%20b.bin" in lock and f.sha256 in lock

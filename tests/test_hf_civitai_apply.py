@@ -467,3 +467,21 @@ def test_token_given_to_aria2_never_shows_in_its_command_line(
         out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     assert HF_TOKEN not in out + err
+
+
+def test_two_civitai_versions_with_one_file_name_do_not_fight(
+    tmp_path: Path, hub: FakeHub, civ: FakeCivitai
+) -> None:
+    """Civitai names files only after resolution: two entries meeting at one path."""
+    civ.add_version(303, [("lora.safetensors", EXTRA)])
+    manifest = write_manifest(
+        tmp_path / "models.toml",
+        [{"civitai": 101, "dir": "loras"}, {"civitai": 303, "dir": "loras"}],
+    )
+    run, doc = apply_json(manifest, environment(tmp_path, hub, civ))
+    assert run.code == 1, run.stderr
+    statuses = {e["name"]: e["status"] for e in doc["entries"]}
+    assert statuses == {"civitai-101": "downloaded", "civitai-303": "failed"}
+    [failed] = [e for e in doc["entries"] if e["status"] == "failed"]
+    assert "resolves to loras/lora.safetensors, the file of civitai-101" in failed["error"]
+    assert (root_of(tmp_path) / "loras/lora.safetensors").read_bytes() == LORA

@@ -65,6 +65,12 @@ BAD_CASES = [
     ("empty", "", ["no [[models]] entries"]),
     ("url-scheme", GOOD.replace("http://127.0.0.1:9", "ftp://h"), ["url must start with http"]),
     ("version", "version = 2\n" + HEADER + GOOD, ["version"]),
+    (
+        "url-name-escapes",
+        GOOD.replace("a.safetensors", "..%2F..%2Fevil.bin"),
+        ["models[0]", "safe file name", "set filename"],
+    ),
+    ("hf-file-dotdot", '[[models]]\nhf = "org/r"\nfile = "x/.."\n', ["safe file name"]),
 ]
 
 
@@ -194,3 +200,12 @@ def test_plan_json_on_a_fresh_root(tmp_path: Path) -> None:
 def _write(path: Path, text: str) -> Path:
     path.write_text(text)
     return path
+
+
+def test_root_that_is_a_file_is_refused(tmp_path: Path) -> None:
+    manifest = _write(tmp_path / "models.toml", HEADER + GOOD)
+    (tmp_path / "models").write_text("not a folder")
+    for command in ("plan", "apply", "verify"):
+        run = modelsync(command, manifest, cwd=tmp_path)
+        assert run.code == 2, run.stderr
+        assert "is not a folder" in run.stderr and "Traceback" not in run.stderr
