@@ -32,20 +32,13 @@ import xxhash
 
 __all__ = [
     "DEFAULT_BUFFER_SIZE",
-    "SHA256_HEX_LEN",
-    "XXH3_128_HEX_LEN",
     "FileHashes",
     "PrefixHasher",
     "hash_file",
     "hash_files",
-    "mismatches",
-    "normalize_hex",
 ]
 
 DEFAULT_BUFFER_SIZE = 1 << 20  # 1 MiB: fits L2; see the module docstring
-SHA256_HEX_LEN = 64
-XXH3_128_HEX_LEN = 32
-_HEX_DIGITS = frozenset("0123456789abcdef")
 
 StrPath = str | os.PathLike[str]
 P = TypeVar("P", bound=StrPath)
@@ -188,41 +181,6 @@ def hash_files(
         raise
     pool.shutdown(wait=True)
     return results
-
-
-def normalize_hex(value: str) -> str:
-    """`value` stripped and lowercased; ValueError unless it is non-empty hex."""
-    s = value.strip().lower()
-    if not s or not _HEX_DIGITS.issuperset(s):
-        raise ValueError(f"not a hex digest: {value!r}")
-    return s
-
-
-def mismatches(
-    expected_sha256: str | None,
-    expected_xxh3: str | None,
-    actual: FileHashes,
-    *,
-    expected_size: int | None = None,
-) -> list[str]:
-    """One human line per expectation that `actual` does not meet (empty: all match).
-
-    Expected digests may be any case; None means "not pinned". Lines look like
-    "sha256 expected 31e3...7e5b got ab12...", with full lowercase hex.
-    """
-    problems: list[str] = []
-    if expected_size is not None and expected_size != actual.size:
-        problems.append(f"size expected {expected_size} got {actual.size}")
-    for name, expected, got in (
-        ("sha256", expected_sha256, actual.sha256),
-        ("xxh3_128", expected_xxh3, actual.xxh3_128),
-    ):
-        if expected is None:
-            continue
-        want = expected.strip().lower()
-        if want != got:
-            problems.append(f"{name} expected {want} got {got}")
-    return problems
 
 
 class PrefixHasher:

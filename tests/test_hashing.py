@@ -13,8 +13,6 @@ from modelsync.hashing import (
     FileHashes,
     hash_file,
     hash_files,
-    mismatches,
-    normalize_hex,
 )
 
 BUF = 64  # small buffer so that multi-buffer cases stay tiny
@@ -165,23 +163,3 @@ def test_hash_files_progress_total(tmp_path: Path) -> None:
 
     hash_files(paths, workers=3, buffer_size=BUF, progress=progress)
     assert total == sum(p.stat().st_size for p in paths)
-
-
-def test_normalize_hex() -> None:
-    assert normalize_hex("  ABCdef0123 \n") == "abcdef0123"
-    for bad in ("", "   ", "xyz", "12 34", "0x12"):
-        with pytest.raises(ValueError):
-            normalize_hex(bad)
-
-
-def test_mismatches() -> None:
-    actual = FileHashes(3, "ab" * 32, "cd" * 16)
-    assert mismatches(None, None, actual) == []
-    assert mismatches("AB" * 32, "cD" * 16, actual, expected_size=3) == []
-    assert mismatches("31" * 32, None, actual) == [f"sha256 expected {'31' * 32} got {'ab' * 32}"]
-    assert mismatches(None, "ee" * 16, actual) == [f"xxh3_128 expected {'ee' * 16} got {'cd' * 16}"]
-    assert mismatches("00" * 32, "11" * 16, actual, expected_size=4) == [
-        "size expected 4 got 3",
-        f"sha256 expected {'00' * 32} got {'ab' * 32}",
-        f"xxh3_128 expected {'11' * 16} got {'cd' * 16}",
-    ]
