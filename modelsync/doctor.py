@@ -10,7 +10,7 @@ from pathlib import Path
 
 from modelsync.aria2 import Aria2Daemon, aria2c_version, find_aria2c, resolve_attach_settings
 from modelsync.errors import ModelsyncError
-from modelsync.redact import safe_url
+from modelsync.redact import redact_urls
 from modelsync.results import free_bytes
 
 TOKENS = ("HF_TOKEN", "CIVITAI_TOKEN", "CIVITAI_API_TOKEN")
@@ -68,11 +68,11 @@ def check_environment(env: Mapping[str, str]) -> list[Check]:
     ]
     for name in ("HF_ENDPOINT", "CIVITAI_ENDPOINT"):
         if env.get(name):
-            checks.append(Check(name, True, safe_url(env[name])))
+            checks.append(Check(name, True, redact_urls(env[name])))
     for name in PROXIES:
         value = env.get(name) or env.get(name.lower())
         if value:
-            shown = value if name == "NO_PROXY" else safe_url(value)
+            shown = value if name == "NO_PROXY" else redact_urls(value)
             checks.append(Check(name, True, shown))
     return checks
 

@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from typing import Final
 from urllib.parse import urlsplit
 
-_URL = re.compile(r"https?://[^\s'\"<>]+")
+_URL_RE: Final = re.compile(
+    r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.\-]*://)"
+    r"(?P<userinfo>[^/\s?#@]*@)?"
+    r"(?P<hostpath>[^\s?#\"'<>]*)"
+    r"(?P<rest>[?#][^\s\"'<>]*)?"
+)
 _BEARER = re.compile(r"(Bearer\s+)[^\s'\"]+", re.IGNORECASE)
 
 
@@ -14,16 +20,20 @@ def host_of(url: str) -> str:
     return urlsplit(url).netloc.rsplit("@", 1)[-1]
 
 
-def safe_url(url: str) -> str:
-    """A URL fit for messages: no userinfo, no query string (signatures, tokens)."""
-    parts = urlsplit(url)
-    netloc = parts.netloc.rsplit("@", 1)[-1]
-    query = "?…" if parts.query else ""
-    return f"{parts.scheme}://{netloc}{parts.path}{query}"
+def redact_urls(text: str) -> str:
+    """Strip userinfo, query string and fragment from every URL in ``text``.
+
+    ``https://u:p@cdn.example/f.bin?sig=abc`` → ``https://cdn.example/f.bin?…``.
+    """
+
+    def _one(m: re.Match[str]) -> str:
+        return m["scheme"] + m["hostpath"] + ("?…" if m["rest"] else "")
+
+    return _URL_RE.sub(_one, text)
 
 
 def redact(text: str, secrets: Iterable[str] = ()) -> str:
-    text = _URL.sub(lambda m: safe_url(m.group(0)), text)
+    text = redact_urls(text)
     text = _BEARER.sub(r"\1***", text)
     for secret in secrets:
         if secret and len(secret) >= 4:

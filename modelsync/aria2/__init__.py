@@ -31,9 +31,9 @@ from modelsync.aria2.attach import (
 from modelsync.aria2.binary import ARIA2C_ENV, aria2c_version, find_aria2c, install_hint
 from modelsync.aria2.daemon import Aria2Daemon
 from modelsync.aria2.options import CA_BUNDLE_ENVS
-from modelsync.aria2.redaction import redact_urls
 from modelsync.aria2.rpc import Aria2RpcError
 from modelsync.aria2.status import DownloadStatus
+from modelsync.redact import redact_urls
 
 __all__ = [
     "ARIA2C_ENV",

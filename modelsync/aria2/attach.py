@@ -6,8 +6,8 @@ from collections.abc import Mapping
 from typing import Final, NamedTuple, cast
 from urllib.parse import urlsplit
 
-from modelsync.aria2.redaction import redact_urls
 from modelsync.errors import Aria2Unavailable
+from modelsync.redact import redact_urls
 
 MODELSYNC_URL_ENV: Final = "MODELSYNC_ARIA2_URL"
 MODELSYNC_SECRET_ENV: Final = "MODELSYNC_ARIA2_SECRET"

@@ -1,9 +1,10 @@
-"""Keeping secrets out of text: the RPC secret type and URL redaction."""
+"""Keeping secrets out of text: the RPC secret type, and scrubbing aria2's messages."""
 
 from __future__ import annotations
 
 import re
-from typing import Final
+
+from modelsync.redact import redact_urls
 
 
 class _Secret:
@@ -24,26 +25,6 @@ class _Secret:
 
     def __bool__(self) -> bool:
         return bool(self._value)
-
-
-_URL_RE: Final = re.compile(
-    r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.\-]*://)"
-    r"(?P<userinfo>[^/\s?#@]*@)?"
-    r"(?P<hostpath>[^\s?#\"'<>]*)"
-    r"(?P<rest>[?#][^\s\"'<>]*)?"
-)
-
-
-def redact_urls(text: str) -> str:
-    """Strip userinfo, query string and fragment from every URL in ``text``.
-
-    ``https://u:p@cdn.example/f.bin?sig=abc`` → ``https://cdn.example/f.bin?…``.
-    """
-
-    def _one(m: re.Match[str]) -> str:
-        return m["scheme"] + m["hostpath"] + ("?…" if m["rest"] else "")
-
-    return _URL_RE.sub(_one, text)
 
 
 def _scrub(text: str, secret: _Secret | None) -> str:

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal, cast
 
-from modelsync.aria2.redaction import redact_urls
+from modelsync.redact import redact_urls
 
 StatusName = Literal["active", "waiting", "paused", "error", "complete", "removed"]
 _STATUSES: Final[frozenset[str]] = frozenset(
