@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 OWN_DIR = ".modelsync"
+STATE_DB = "state.db"
 PARTIAL_SUFFIX = ".aria2"  # aria2's control file beside a download in flight
 
 
@@ -20,7 +21,7 @@ class Layout:
 
     @property
     def state_db(self) -> Path:
-        return self.own / "state.db"
+        return self.own / STATE_DB
 
     @property
     def tmp(self) -> Path:

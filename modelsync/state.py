@@ -48,11 +48,10 @@ from types import TracebackType
 from typing import TypeVar
 
 from modelsync.hashing import FileHashes
+from modelsync.layout import Layout
 
 __all__ = [
     "BUSY_TIMEOUT_S",
-    "DB_NAME",
-    "OWN_DIR",
     "SCHEMA_VERSION",
     "Row",
     "StateDB",
@@ -60,8 +59,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-OWN_DIR = ".modelsync"
-DB_NAME = "state.db"
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_S = 30.0
 
@@ -165,7 +162,7 @@ class StateDB:
         create=False: read-only, writes nothing to disk; a missing, corrupt or
         incompatible database is an empty cache, and record/forget raise RuntimeError.
         """
-        db = Path(root) / OWN_DIR / DB_NAME
+        db = Layout(Path(root)).state_db
         if not create:
             return cls(db, _open_readonly(db), readonly=True)
         return cls(db, _open_writable(db), readonly=False)

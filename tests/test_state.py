@@ -13,7 +13,9 @@ from typing import Any
 import pytest
 
 from modelsync.hashing import FileHashes, hash_file
-from modelsync.state import DB_NAME, OWN_DIR, SCHEMA_VERSION, Row, StateDB
+from modelsync.layout import OWN_DIR
+from modelsync.layout import STATE_DB as DB_NAME
+from modelsync.state import SCHEMA_VERSION, Row, StateDB
 
 _EXTRA_FIELDS = ("st_atime", "st_mtime", "st_ctime", "st_atime_ns", "st_mtime_ns", "st_ctime_ns")
 
