@@ -81,12 +81,10 @@ def check_space(ws: Workspace, plan: Plan) -> None:
 
 
 def _secrets(ws: Workspace, request: ApplyRequest) -> tuple[str, ...]:
-    names = ("HF_TOKEN", "CIVITAI_TOKEN", "CIVITAI_API_TOKEN", "MODELSYNC_ARIA2_SECRET")
-    values = [ws.env.get(n, "") for n in names]
-    values.append(ws.env.get("COMFYUI_MANAGER_ARIA2_SECRET", ""))
-    values.append(request.aria2_secret or "")
-    values += ws.sources.secrets  # e.g. huggingface_hub's stored token
-    return tuple(v for v in values if v)
+    """Values to redact: the sources' tokens (stored ones too) and aria2 RPC secrets."""
+    names = ("MODELSYNC_ARIA2_SECRET", "COMFYUI_MANAGER_ARIA2_SECRET")
+    values = [ws.env.get(n, "") for n in names] + [request.aria2_secret or ""]
+    return (*ws.sources.secrets, *(v for v in values if v))
 
 
 def wait_for_orphan_daemon(layout: Layout, timeout: float = 15.0) -> None:
@@ -200,7 +198,6 @@ def _execute(
         state,
         resolver=lambda name, fresh: locate(entries[name], ws.sources, fresh=fresh),
         options=ApplyOptions(
-            jobs=jobs,
             connections=connections if connections is not None else settings.connections,
             stall_timeout=request.stall_timeout,
         ),

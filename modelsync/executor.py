@@ -19,6 +19,7 @@ from pathlib import Path
 from modelsync.aria2 import Aria2Daemon, Aria2RpcError, DownloadStatus
 from modelsync.errors import Aria2Unavailable, ModelsyncError
 from modelsync.hashing import FileHashes, PrefixHasher, hash_file
+from modelsync.inventory import allocated_bytes
 from modelsync.layout import PARTIAL_SUFFIX, Layout
 from modelsync.progress import NullReporter, Reporter
 from modelsync.reconcile import Action, ActionKind, Plan, hash_mismatches
@@ -41,7 +42,6 @@ class Cancelled(Exception):
 
 @dataclass(frozen=True)
 class ApplyOptions:
-    jobs: int = 4
     connections: int = 0  # 0: by file size
     stall_timeout: float = 60.0
     max_attempts: int = 4  # per entry, for transient errors and stalls
@@ -209,7 +209,8 @@ class Executor:
             # Downloaded before a crash, never placed: verify it instead of fetching again.
             self._submit(job, self._verify_and_place)
             return
-        job.start_bytes = _allocated(job.tmp) if job.control.exists() else 0
+        resuming = job.control.exists() and job.tmp.exists()
+        job.start_bytes = allocated_bytes(job.tmp.stat()) if resuming else 0
         self._add_to_aria2(job, fresh=False)
 
     def tmp_complete(self, job: Job) -> bool:
@@ -483,14 +484,6 @@ class Executor:
 
 def _ignore_errors(future: Future[None]) -> None:
     future.exception()  # retrieve it so that it is not reported as unhandled
-
-
-def _allocated(path: Path) -> int:
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        return 0
-    return min(st.st_size, st.st_blocks * 512)
 
 
 def _remove(*paths: Path) -> None:

@@ -19,6 +19,12 @@ class Inventory:
     unmanaged: tuple[Unmanaged, ...]
 
 
+def allocated_bytes(st: os.stat_result) -> int:
+    """Bytes a partial really holds: aria2 writes segments at their offsets, so a sparse
+    file's length overstates them; its allocated blocks do not."""
+    return min(st.st_size, st.st_blocks * 512)
+
+
 def partial_sizes(layout: Layout) -> dict[str, int]:
     """Bytes held by each download in tmp/ (sparse files count their real blocks)."""
     sizes: dict[str, int] = {}
@@ -29,8 +35,7 @@ def partial_sizes(layout: Layout) -> dict[str, int]:
     for entry in entries:
         if entry.name.endswith(PARTIAL_SUFFIX) or not entry.is_file(follow_symlinks=False):
             continue
-        st = entry.stat(follow_symlinks=False)
-        sizes[entry.name] = min(st.st_size, st.st_blocks * 512)
+        sizes[entry.name] = allocated_bytes(entry.stat(follow_symlinks=False))
     return sizes
 
 
