@@ -11,7 +11,7 @@ from pathlib import Path
 from modelsync.aria2 import Aria2Daemon, aria2c_version, find_aria2c, resolve_attach_settings
 from modelsync.errors import ModelsyncError
 from modelsync.redact import redact_urls
-from modelsync.results import free_bytes
+from modelsync.results import existing_ancestor, free_bytes
 
 TOKENS = ("HF_TOKEN", "CIVITAI_TOKEN", "CIVITAI_API_TOKEN")
 PROXIES = ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "NO_PROXY")
@@ -49,9 +49,7 @@ def check_aria2(env: Mapping[str, str]) -> list[Check]:
 
 
 def check_root(root: Path) -> list[Check]:
-    probe = root
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
+    probe = existing_ancestor(root)
     writable = os.access(probe, os.W_OK | os.X_OK)
     where = str(root) if probe == root else f"{root} (to be created in {probe})"
     return [

@@ -65,7 +65,11 @@ class Report:
 
 def free_bytes(path: Path) -> int:
     """Free space on the filesystem that holds `path` (or its nearest existing parent)."""
-    probe = path
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    return shutil.disk_usage(os.fspath(probe)).free
+    return shutil.disk_usage(os.fspath(existing_ancestor(path))).free
+
+
+def existing_ancestor(path: Path) -> Path:
+    """`path` itself when it exists, else its nearest existing parent (a root to be made)."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path

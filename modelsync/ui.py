@@ -270,17 +270,7 @@ class BarReporter(LineReporter):
         task = self.tasks.pop(result.name, None)
         if task is not None:
             self.progress.remove_task(task)
-        self.progress.console.print(self._line(result))
-
-    def _line(self, result: EntryResult) -> str:
-        style = STATUS_STYLE[result.status]
-        line = f"[{style}]{result.status.value:>10}[/]  {escape(result.path or result.name)}"
-        if result.error:
-            line += f"\n            [red]{escape(result.error)}[/]"
-        return line
-
-    def warn(self, message: str) -> None:
-        self.progress.console.print(f"[yellow]warning:[/] {escape(message)}")
+        super().file_finished(result)  # same console: rich prints it above the bars
 
     def end(self) -> None:
         self.progress.stop()
