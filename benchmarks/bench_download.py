@@ -62,6 +62,7 @@ from benchmarks.common import (
     MiB,
     Row,
     Timed,
+    add_also_argument,
     apt_install,
     have,
     machine,
@@ -241,14 +242,7 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=1, help="nginx worker_processes (1)")
     ap.add_argument("--tmpdir", type=Path, help="where to put the served file and outputs")
     ap.add_argument("--keep", action="store_true", help="keep the temp folder")
-    ap.add_argument(
-        "--also",
-        type=Path,
-        action="append",
-        default=[],
-        metavar="DIR",
-        help="also time the modelsync package in DIR (a changed copy; PYTHONPATH=DIR)",
-    )
+    add_also_argument(ap)
     args = ap.parse_args()
 
     print("bench_download: one large file, modelsync vs curl / aria2c (SPEC §7)")

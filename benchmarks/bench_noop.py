@@ -45,6 +45,7 @@ from benchmarks.common import (
     MODELSYNC,
     Row,
     Timed,
+    add_also_argument,
     apt_install,
     have,
     machine,
@@ -153,14 +154,7 @@ def main() -> int:
     ap.add_argument("--no-strace", action="store_true", help="skip the no-read/no-request proof")
     ap.add_argument("--tmpdir", type=Path, help="where to build the folder")
     ap.add_argument("--keep", action="store_true", help="keep the folder, print its path")
-    ap.add_argument(
-        "--also",
-        type=Path,
-        action="append",
-        default=[],
-        metavar="DIR",
-        help="also time the modelsync package in DIR (a changed copy; PYTHONPATH=DIR)",
-    )
+    add_also_argument(ap)
     args = ap.parse_args()
 
     print("bench_noop: no-op plan/apply on a synced folder (SPEC §7)")

@@ -6,6 +6,7 @@ Not a benchmark itself. Scripts run as `python benchmarks/<name>.py` import it a
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import shutil
@@ -174,3 +175,15 @@ def apt_install(*packages: str) -> bool:
             return True
     print(f"  apt-get could not install {' or '.join(packages)}")
     return False
+
+
+def add_also_argument(ap: argparse.ArgumentParser) -> None:
+    """--also DIR: time a changed copy of modelsync in the same run, interleaved."""
+    ap.add_argument(
+        "--also",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="also time the modelsync package in DIR (a changed copy; PYTHONPATH=DIR)",
+    )

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.servers import FileServer
+from tests.servers import FakeCivitai, FakeHub, FileServer
 
 # Hermetic: huggingface_hub must not read a developer's token or cache, nor ping
 # huggingface.co for telemetry (it reads both at import, hence here and not in a fixture).
@@ -26,6 +26,19 @@ for _name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "CIVITAI_TOKEN", "CIVITAI_AP
 @pytest.fixture
 def fileserver() -> Iterator[FileServer]:
     with FileServer() as server:
+        yield server
+
+
+@pytest.fixture
+def hub() -> Iterator[FakeHub]:
+    """An empty fake Hub (tests that need repos set up override it in their module)."""
+    with FakeHub() as server:
+        yield server
+
+
+@pytest.fixture
+def civitai() -> Iterator[FakeCivitai]:
+    with FakeCivitai() as server:
         yield server
 
 

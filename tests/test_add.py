@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import tomllib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,18 +37,6 @@ hf = "madebyollin/sdxl-vae-fp16-fix"
 file = "sdxl.vae.safetensors"
 dir = "vae"
 """  # no trailing blank line; odd spacing and comments on purpose
-
-
-@pytest.fixture
-def hub() -> Iterator[FakeHub]:
-    with FakeHub() as server:
-        yield server
-
-
-@pytest.fixture
-def civitai() -> Iterator[FakeCivitai]:
-    with FakeCivitai() as server:
-        yield server
 
 
 @pytest.fixture

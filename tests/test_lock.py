@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import re
 import tomllib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,18 +18,6 @@ from tests.servers import SIGNATURE_MARK, FakeCivitai, FakeHub, FileServer
 
 KEY_ORDER = ["fingerprint", "path", "url", "commit", "size", "estimated_size"]
 KEY_ORDER += ["sha256", "xxh3_128"]
-
-
-@pytest.fixture
-def hub() -> Iterator[FakeHub]:
-    with FakeHub() as server:
-        yield server
-
-
-@pytest.fixture
-def civitai() -> Iterator[FakeCivitai]:
-    with FakeCivitai() as server:
-        yield server
 
 
 def sources_env(hub: FakeHub | None = None, civitai: FakeCivitai | None = None) -> dict[str, str]:
