@@ -8,7 +8,6 @@ import http.client
 import json
 import os
 import random
-import shutil
 import signal
 import subprocess
 import sys
@@ -29,6 +28,7 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 
+from modelsync.aria2 import find_aria2c
 from tests.servers import SIGNATURE_MARK, FakeCivitai, FakeHub, FileServer
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -295,15 +295,15 @@ def test_restart_on_the_same_port(tmp_path: Path) -> None:
         assert fetch(url)[2] == b"x"
 
 
-@pytest.mark.skipif(shutil.which("aria2c") is None, reason="aria2c not installed")
 def test_aria2c_segmented_download_with_drops(files: FileServer, tmp_path: Path) -> None:
+    aria2c = find_aria2c()  # the one modelsync runs (the wheel's when none is on PATH)
     data = payload(8 << 20, seed=3)
     url = files.add_bytes("/model.safetensors", data)
     files.set_faults(drop_after=300_000, drop_times=3)
     out = tmp_path / "out"
     subprocess.run(
         [
-            *("aria2c", "-x16", "-s16", "-k1M", "--max-tries=5", "--file-allocation=none"),
+            *(aria2c, "-x16", "-s16", "-k1M", "--max-tries=5", "--file-allocation=none"),
             *("-q", "-d", str(out), "-o", "m.bin", url),
         ],
         check=True,
