@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ if TYPE_CHECKING:
 
 from modelsync.commands import failed_targets, unpinned_warnings
 from modelsync.errors import EXIT_USAGE, ModelsyncError
-from modelsync.layout import Layout
+from modelsync.orphan import wait_for_orphan_daemon
 from modelsync.progress import NullReporter, Reporter
 from modelsync.reconcile import ActionKind, Plan
 from modelsync.results import EntryResult, Report, Status, free_bytes
@@ -87,32 +86,6 @@ def _secrets(ws: Workspace, request: ApplyRequest) -> tuple[str, ...]:
     return (*ws.sources.secrets, *(v for v in values if v))
 
 
-def wait_for_orphan_daemon(layout: Layout, timeout: float = 15.0) -> None:
-    """An aria2c whose apply was killed (-9) saves its control files as it exits
-    (--stop-with-process); a new one must not write the same partials meanwhile."""
-    try:
-        pid = int(layout.daemon_pid.read_text())
-    except (FileNotFoundError, ValueError):
-        return
-    deadline = time.monotonic() + timeout
-    while _is_our_aria2c(pid, layout):
-        if time.monotonic() > deadline:
-            os.kill(pid, signal.SIGTERM)  # SIGTERM keeps control files
-            break
-        time.sleep(0.05)  # polling another process's exit: nothing to wait on
-    layout.daemon_pid.unlink(missing_ok=True)
-
-
-def _is_our_aria2c(pid: int, layout: Layout) -> bool:
-    """Alive, and started for this root (a reused pid must never be waited on or killed)."""
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            cmdline = f.read()
-    except OSError:
-        return False
-    return b"aria2c" in cmdline and os.fsencode(layout.own) in cmdline
-
-
 def open_daemon(
     ws: Workspace, request: ApplyRequest, max_concurrent: int, max_speed: int
 ) -> Aria2Daemon:
@@ -160,7 +133,7 @@ def run_apply(
         results.sort(key=lambda r: order[r.name])
         pruned: tuple[str, ...] = ()
         failed = any(r.status is Status.FAILED for r in results)
-        if request.prune and plan.unmanaged and not failed:
+        if request.prune and not failed:
             pruned = _prune(ws, plan, request.confirm_prune)
     downloaded = sum(r.bytes_downloaded for r in results)
     return Report(
@@ -221,8 +194,10 @@ def _all_ok(plan: Plan) -> list[EntryResult]:
 def _prune(
     ws: Workspace, plan: Plan, confirm: Callable[[list[str]], bool] | None
 ) -> tuple[str, ...]:
-    paths = [u.path for u in plan.unmanaged]
-    if confirm is None or not confirm(paths):
+    """Delete the prunable unmanaged files (model files in folders entries name through
+    `dir`) after asking; every other unmanaged file stays, and stays listed."""
+    paths = [u.path for u in plan.unmanaged if u.prunable]
+    if not paths or confirm is None or not confirm(paths):
         return ()  # declined: the files stay, and are reported as unmanaged
     for rel in paths:
         os.unlink(ws.layout.target(rel))

@@ -30,12 +30,30 @@ OnlyOpt = Annotated[
     list[str] | None, typer.Option("--only", help="Limit to entries with this name or tag.")
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
+CreateRootOpt = Annotated[
+    bool,
+    typer.Option(
+        "--create-root", help="Create a missing --root / $MODELSYNC_ROOT folder (else exit 2)."
+    ),
+]
 
 
-def open_workspace(manifest_path: Path, root: str | None, only: list[str] | None) -> Workspace:
+def open_workspace(
+    manifest_path: Path,
+    root: str | None,
+    only: list[str] | None,
+    *,
+    create_root: bool = False,
+    announce: bool = True,
+) -> Workspace:
+    """Load the manifest and pick the root; `announce` names the root on stderr first."""
     manifest = load_manifest(manifest_path)
     env = dict(os.environ)
-    return Workspace(manifest, resolve_root(manifest, root, env), env, only)
+    choice = resolve_root(manifest, root, env)
+    ws = Workspace(manifest, choice, env, only, create_root=create_root)
+    if announce:
+        ui.print_root(ws.root, ws.root_origin)
+    return ws
 
 
 @app.command()
@@ -44,6 +62,7 @@ def plan(
     root: RootOpt = None,
     only: OnlyOpt = None,
     json_out: JsonOpt = False,
+    create_root: CreateRootOpt = False,
     check: Annotated[
         bool, typer.Option("--check", help="Exit 1 when anything is pending.")
     ] = False,
@@ -51,7 +70,8 @@ def plan(
     """Show what apply would do. Never downloads, never writes to the models folder."""
     from modelsync.commands import run_plan
 
-    report, the_plan = run_plan(open_workspace(manifest, root, only))
+    ws = open_workspace(manifest, root, only, create_root=create_root, announce=not json_out)
+    report, the_plan = run_plan(ws)
     if json_out:
         ui.print_json(report)
     else:
@@ -73,7 +93,8 @@ def verify(
     """Hash every present file and report missing or corrupt ones."""
     from modelsync.commands import run_verify
 
-    report = run_verify(open_workspace(manifest, root, only), strict=strict)
+    ws = open_workspace(manifest, root, only, announce=not json_out)
+    report = run_verify(ws, strict=strict)
     if json_out:
         ui.print_json(report)
     else:
@@ -86,6 +107,7 @@ def apply(
     manifest: ManifestArg,
     root: RootOpt = None,
     only: OnlyOpt = None,
+    create_root: CreateRootOpt = False,
     json_out: JsonOpt = False,
     jobs: Annotated[int | None, typer.Option("--jobs", min=1, help="Files at once.")] = None,
     connections: Annotated[
@@ -124,7 +146,7 @@ def apply(
         speed = parse_rate(max_speed) if max_speed is not None else None
     except ValueError as exc:
         raise ModelsyncError(f"--max-speed: {exc}") from None
-    ws = open_workspace(manifest, root, only)
+    ws = open_workspace(manifest, root, only, create_root=create_root, announce=not json_out)
     if locked:
         ws.require_lock()
     request = ApplyRequest(
@@ -158,6 +180,7 @@ def apply(
 def lock(
     manifest: ManifestArg,
     root: RootOpt = None,
+    create_root: CreateRootOpt = False,
     upgrade: Annotated[
         bool,
         typer.Option("--upgrade", help="Resolve every entry again (floating revisions move)."),
@@ -167,7 +190,7 @@ def lock(
     """Pin every entry in <manifest stem>.lock (downloads only files that no hash pins)."""
     from modelsync.lockcmd import run_lock
 
-    ws = open_workspace(manifest, root, None)
+    ws = open_workspace(manifest, root, None, create_root=create_root)
     interactive = ui.err_console.is_terminal and not no_progress
     result = run_lock(
         ws, upgrade=upgrade, reporter=ui.BarReporter() if interactive else ui.LineReporter()

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from modelsync.hashing import FileHashes, hash_files
+from modelsync.orphan import wait_for_orphan_daemon
 from modelsync.reconcile import ActionKind, Plan, hash_mismatches
 from modelsync.results import EntryResult, Report, Status, free_bytes
 from modelsync.state import StateDB
@@ -51,6 +52,7 @@ def plan_report(ws: Workspace, targets: list[Target], plan: Plan, started: float
         unmanaged=plan.unmanaged,
         download_bytes=plan.download_bytes,
         free_bytes=free_bytes(ws.root),
+        unknown_sizes=plan.unknown_sizes,
         warnings=tuple(unpinned_warnings(targets)),
         elapsed=time.monotonic() - started,
     )
@@ -60,6 +62,7 @@ def run_plan(ws: Workspace) -> tuple[Report, Plan]:
     """Never writes under root: the stat cache is only read when it exists."""
     started = time.monotonic()
     targets = ws.targets()
+    wait_for_orphan_daemon(ws.layout, stop=False)  # its control files are not saved yet
     with StateDB.open(ws.root, create=False) as state:
         plan = ws.plan(targets, state)
     return plan_report(ws, targets, plan, started), plan

@@ -2,10 +2,30 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a manifest: located for scripts, told in one line for humans.
+
+    `message` is the whole line a user reads (its location included), so that the
+    human output and the JSON document say the same thing.
+    """
+
+    entry: str | None  # "models[3] (name)"; None for [settings] and top-level keys
+    key: str | None  # a key of the entry ("tags"), else the dotted key ("settings.root")
+    line: int | None  # 1-based line in the manifest, when known
+    message: str
+
+    def __str__(self) -> str:
+        return self.message
 
 
 class ModelsyncError(Exception):
@@ -15,6 +35,7 @@ class ModelsyncError(Exception):
     """
 
     exit_code = EXIT_USAGE
+    problems: tuple[Problem, ...] = ()
 
     def __init__(self, message: str, hint: str = "", *, exit_code: int | None = None) -> None:
         super().__init__(message)
@@ -26,15 +47,26 @@ class ModelsyncError(Exception):
     def __str__(self) -> str:
         return f"{self.message}\n  hint: {self.hint}" if self.hint else self.message
 
+    @property
+    def headline(self) -> str:
+        """The message without the list of problems (JSON lists them apart)."""
+        return self.message
+
 
 class ManifestError(ModelsyncError):
-    """The manifest cannot be used; carries one line per problem."""
+    """The manifest cannot be used; carries one Problem per thing to fix."""
 
-    def __init__(self, path: str, problems: list[str]) -> None:
+    def __init__(self, path: str, problems: Sequence[Problem | str]) -> None:
         self.path = path
-        self.problems = problems
-        body = "\n".join(f"  - {p}" for p in problems)
-        super().__init__(f"{path}: invalid manifest ({len(problems)} problem(s)):\n{body}")
+        self.problems = tuple(
+            p if isinstance(p, Problem) else Problem(None, None, None, p) for p in problems
+        )
+        body = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(f"{self.headline}:\n{body}")
+
+    @property
+    def headline(self) -> str:
+        return f"{self.path}: invalid manifest ({len(self.problems)} problem(s))"
 
 
 class Aria2Unavailable(ModelsyncError):

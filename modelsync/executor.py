@@ -19,8 +19,8 @@ from pathlib import Path
 from modelsync.aria2 import Aria2Daemon, Aria2RpcError, DownloadStatus
 from modelsync.errors import Aria2Unavailable, ModelsyncError
 from modelsync.hashing import FileHashes, PrefixHasher, hash_file
-from modelsync.inventory import allocated_bytes
 from modelsync.layout import PARTIAL_SUFFIX, Layout
+from modelsync.partials import partial_bytes
 from modelsync.progress import NullReporter, Reporter
 from modelsync.reconcile import Action, ActionKind, Plan, hash_mismatches
 from modelsync.redact import host_of, redact
@@ -74,6 +74,7 @@ class Job:
     corrupt_retries: int = 0
     start_bytes: int = 0  # bytes already in tmp/ when we started (resume)
     done_bytes: int = 0
+    earlier: int = 0  # bytes transferred by attempts that started over (a corrupt download)
     last_change: float = field(default_factory=time.monotonic)
     retry_at: float | None = None
     repairing: bool = False  # a verify that failed turns into a repair
@@ -82,6 +83,11 @@ class Job:
     @property
     def desired(self) -> Desired:
         return self.action.desired
+
+    @property
+    def transferred(self) -> int:
+        """Bytes really fetched for this entry, every attempt counted, partials not."""
+        return self.earlier + max(self.done_bytes - self.start_bytes, 0)
 
     @property
     def control(self) -> Path:
@@ -155,7 +161,7 @@ class Executor:
     def run(self, plan: Plan) -> list[EntryResult]:
         self.layout.tmp.mkdir(parents=True, exist_ok=True)
         pending = [a for a in plan.actions if a.kind is not ActionKind.OK]
-        self.reporter.begin(len(pending), plan.download_bytes)
+        self.reporter.begin(len(pending), plan.download_bytes, plan.unknown_sizes)
         try:
             for action in pending:
                 job = Job(action, None, self.layout.partial(action.desired.path))
@@ -210,7 +216,12 @@ class Executor:
             self._submit(job, self._verify_and_place)
             return
         resuming = job.control.exists() and job.tmp.exists()
-        job.start_bytes = allocated_bytes(job.tmp.stat()) if resuming else 0
+        job.earlier += max(job.done_bytes - job.start_bytes, 0)  # a start over: keep count
+        job.start_bytes = job.done_bytes = partial_bytes(job.tmp, job.control) if resuming else 0
+        d = job.desired
+        self.reporter.file_started(
+            d.name, d.path, d.size if d.size is not None else d.estimated_size, job.start_bytes
+        )
         self._add_to_aria2(job, fresh=False)
 
     def tmp_complete(self, job: Job) -> bool:
@@ -462,7 +473,7 @@ class Executor:
 
     def _finish(self, job: Job, status: Status) -> None:
         d = job.desired
-        downloaded = max(job.done_bytes - job.start_bytes, 0) if status is not Status.OK else 0
+        downloaded = job.transferred if status is not Status.OK else 0
         result = EntryResult(d.name, d.path, job.action.kind.value, status, d.size, downloaded)
         self.results[d.name] = result
         self.reporter.file_finished(result)
@@ -475,7 +486,7 @@ class Executor:
             job.action.kind.value,
             Status.FAILED,
             d.size,
-            max(job.done_bytes - job.start_bytes, 0),
+            job.transferred,
             redact(error, self.secrets),
         )
         self.results[d.name] = result

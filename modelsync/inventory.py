@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from modelsync.layout import PARTIAL_SUFFIX, Layout, tmp_name
+from modelsync.partials import allocated_bytes, control_bytes
 from modelsync.reconcile import CachedHashes, Observed, Unmanaged
 from modelsync.remote import Desired
 from modelsync.state import StateDB
@@ -19,23 +20,22 @@ class Inventory:
     unmanaged: tuple[Unmanaged, ...]
 
 
-def allocated_bytes(st: os.stat_result) -> int:
-    """Bytes a partial really holds: aria2 writes segments at their offsets, so a sparse
-    file's length overstates them; its allocated blocks do not."""
-    return min(st.st_size, st.st_blocks * 512)
-
-
 def partial_sizes(layout: Layout) -> dict[str, int]:
-    """Bytes held by each download in tmp/ (sparse files count their real blocks)."""
+    """Bytes that each download in tmp/ holds, as a resume will count them."""
     sizes: dict[str, int] = {}
     try:
         entries = list(os.scandir(layout.tmp))
     except (FileNotFoundError, NotADirectoryError):
         return sizes
+    names = {e.name for e in entries}
     for entry in entries:
         if entry.name.endswith(PARTIAL_SUFFIX) or not entry.is_file(follow_symlinks=False):
             continue
-        sizes[entry.name] = allocated_bytes(entry.stat(follow_symlinks=False))
+        control = entry.name + PARTIAL_SUFFIX
+        counted = control_bytes(layout.tmp / control) if control in names else None
+        if counted is None:
+            counted = allocated_bytes(entry.stat(follow_symlinks=False))
+        sizes[entry.name] = counted
     return sizes
 
 
@@ -67,11 +67,43 @@ def observe(
     return observed
 
 
+# What prune may delete: model weights by their extension, nothing else (notes, configs,
+# workflows, images and scripts beside the models are the user's).
+MODEL_EXTENSIONS = frozenset(
+    {
+        ".safetensors",
+        ".sft",
+        ".ckpt",
+        ".pt",
+        ".pt2",
+        ".pth",
+        ".bin",
+        ".gguf",
+        ".ggml",
+        ".onnx",
+        ".pkl",
+        ".h5",
+        ".msgpack",
+        ".tflite",
+        ".engine",
+    }
+)
+
+
+def is_prunable(rel_folder: str, name: str, named_dirs: set[str], is_symlink: bool) -> bool:
+    """Only a model file (by extension), not a symlink, in a folder that an entry names
+    through `dir`: never in root itself, never anything hidden (checked by the caller)."""
+    if not rel_folder or rel_folder not in named_dirs or is_symlink:
+        return False
+    return os.path.splitext(name)[1].lower() in MODEL_EXTENSIONS
+
+
 def find_unmanaged(
     layout: Layout,
     known_paths: Iterable[str],
     unknown_dirs: Iterable[str] = (),
     protected: Iterable[str] = (),
+    named_dirs: Iterable[str] = (),
 ) -> tuple[Unmanaged, ...]:
     """Files directly inside the folders the manifest manages that it does not want.
 
@@ -80,10 +112,15 @@ def find_unmanaged(
     entry whose file name is not known yet; nothing there is called unmanaged.
     `protected` paths (the manifest and its lock, when they live under root) and hidden
     files (editors' and our own atomic-write temporaries) are never unmanaged.
+    `named_dirs` are the folders entries name through `dir`: the only ones where an
+    unmanaged file may be prunable (see is_prunable).
     """
-    known = set(known_paths) | set(protected)
+    wanted = set(known_paths)
+    known = wanted | set(protected)
     skip = set(unknown_dirs)
-    managed = {p.rpartition("/")[0] or "." for p in known} - skip
+    named = set(named_dirs)
+    # Folders of wanted files only: the manifest's own folder is not managed for holding it.
+    managed = {p.rpartition("/")[0] or "." for p in wanted} - skip
     found: list[Unmanaged] = []
     for folder in sorted(managed):
         rel_folder = "" if folder == "." else folder
@@ -95,6 +132,9 @@ def find_unmanaged(
             rel = f"{rel_folder}/{entry.name}" if rel_folder else entry.name
             if rel in known or entry.name.startswith("."):  # .modelsync/ included
                 continue
-            if entry.is_file(follow_symlinks=False) or entry.is_symlink():
-                found.append(Unmanaged(rel, entry.stat(follow_symlinks=False).st_size))
+            link = entry.is_symlink()
+            if entry.is_file(follow_symlinks=False) or link:
+                size = entry.stat(follow_symlinks=False).st_size
+                prunable = is_prunable(rel_folder, entry.name, named, link)
+                found.append(Unmanaged(rel, size, prunable))
     return tuple(found)

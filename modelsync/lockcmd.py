@@ -216,8 +216,11 @@ class _LockingReporter:
     def __init__(self, inner: Reporter) -> None:
         self.inner = inner
 
-    def begin(self, files: int, total_bytes: int) -> None:
-        self.inner.begin(files, total_bytes)
+    def begin(self, files: int, total_bytes: int, unknown_sizes: int) -> None:
+        self.inner.begin(files, total_bytes, unknown_sizes)
+
+    def file_started(self, name: str, path: str, size: int | None, already: int) -> None:
+        self.inner.file_started(name, path, size, already)
 
     def file_progress(
         self, name: str, done: int, total: int | None, speed: int, connections: int

@@ -6,6 +6,7 @@ import difflib
 import os
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal
@@ -22,7 +23,7 @@ from pydantic import (
     model_validator,
 )
 
-from modelsync.errors import ManifestError
+from modelsync.errors import ManifestError, Problem
 
 _HEX = re.compile(r"^[0-9a-fA-F]*$")
 _RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?(?:/s)?\s*$", re.IGNORECASE)
@@ -46,6 +47,8 @@ Xxh3 = Annotated[str, _hex_of(32, "xxh3_128")]
 
 def parse_rate(value: str | int) -> int:
     """ "0", "50M", "1.5G", 1048576 → bytes per second (binary units, like aria2)."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):  # TOML gives any type
+        raise ValueError(f'expected a rate like "0", "500K", "50M" or "1G"; got {value!r}')
     if isinstance(value, int):
         if value < 0:
             raise ValueError("a rate cannot be negative")
@@ -97,8 +100,9 @@ class _Strict(BaseModel):
 
 class Settings(_Strict):
     root: str | None = None
-    max_concurrent: int = Field(default=4, ge=1, le=64)
-    connections: int = Field(default=0, ge=0, le=16)
+    # strict: TOML has real integers; lax mode would take "4" or true for a number
+    max_concurrent: int = Field(default=4, ge=1, le=64, strict=True)
+    connections: int = Field(default=0, ge=0, le=16, strict=True)
     max_speed: Rate = 0
     mirrors: tuple[str, ...] = ()
 
@@ -112,12 +116,12 @@ class Entry(_Strict):
     hf: str | None = None
     file: str | None = None
     revision: str | None = None
-    civitai: int | None = Field(default=None, ge=1)
+    civitai: int | None = Field(default=None, ge=1, strict=True)
     dir: RelDir = ""
     filename: FileName | None = None
     sha256: Sha256 | None = None
     xxh3_128: Xxh3 | None = None
-    size: int | None = Field(default=None, ge=0)
+    size: int | None = Field(default=None, ge=0, strict=True)
     tags: tuple[str, ...] = ()
     mirrors: tuple[str, ...] = ()
 
@@ -231,9 +235,10 @@ def load_manifest(path: Path) -> Manifest:
     except tomli.TOMLDecodeError as exc:
         msg = getattr(exc, "msg", str(exc))
         problem = f"line {exc.lineno}, column {exc.colno}: TOML syntax error: {msg}"
-        raise ManifestError(where, [problem]) from None
+        raise ManifestError(where, [Problem(None, None, exc.lineno, problem)]) from None
     if "path" in data:  # 'path' is ours, not a manifest key
-        raise ManifestError(where, [_unknown("", "path", Manifest)])
+        line = _top_level_line(text, "path")
+        raise ManifestError(where, [Problem(None, "path", line, _unknown("", "path", Manifest))])
     try:
         manifest = Manifest.model_validate({**data, "path": path})
     except ValidationError as exc:
@@ -377,12 +382,33 @@ def check_paths_inside(manifest: Manifest, root: Path) -> None:
         raise ManifestError(str(manifest.path), problems)
 
 
-def resolve_root(manifest: Manifest, cli_root: str | None, env: Mapping[str, str]) -> Path:
+@dataclass(frozen=True)
+class RootChoice:
+    """The models folder, where the choice came from, and whether it may be created.
+
+    Only the manifest's own `settings.root` (or `--create-root`) creates a missing root:
+    a mistyped `--root` or `$MODELSYNC_ROOT` must not fill a new folder with gigabytes.
+    """
+
+    path: Path
+    origin: str  # for humans: "--root", "settings.root in models.toml", ...
+    creatable: bool
+
+
+def resolve_root(manifest: Manifest, cli_root: str | None, env: Mapping[str, str]) -> RootChoice:
     """--root, then $MODELSYNC_ROOT, then settings.root (relative to the manifest), else cwd."""
-    chosen = cli_root or env.get("MODELSYNC_ROOT")
-    if chosen:
-        return Path(os.path.abspath(Path(chosen).expanduser()))
+    if cli_root:
+        return RootChoice(_absolute(Path(cli_root).expanduser()), "--root", False)
+    if env.get("MODELSYNC_ROOT"):
+        path = _absolute(Path(env["MODELSYNC_ROOT"]).expanduser())
+        return RootChoice(path, "$MODELSYNC_ROOT", False)
     if manifest.settings.root:
         root = Path(manifest.settings.root).expanduser()
-        return Path(os.path.abspath(manifest.path.parent / root))  # also folds "../"
-    return Path.cwd()
+        origin = f"settings.root in {manifest.path.name}"
+        return RootChoice(_absolute(manifest.path.parent / root), origin, True)  # folds "../"
+    origin = f"the current folder: {manifest.path.name} sets no settings.root"
+    return RootChoice(Path.cwd(), origin, False)
+
+
+def _absolute(path: Path) -> Path:
+    return Path(os.path.abspath(path))

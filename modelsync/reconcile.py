@@ -56,6 +56,7 @@ class Action:
 class Unmanaged:
     path: str
     size: int
+    prunable: bool = False  # what `apply --prune` would delete (see inventory.is_prunable)
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,17 @@ class Plan:
     @property
     def download_bytes(self) -> int:
         return sum(a.download_bytes for a in self.actions)
+
+    @property
+    def unknown_sizes(self) -> int:
+        """Downloads whose size nobody knows yet: download_bytes is a lower bound then."""
+        return sum(
+            1
+            for a in self.actions
+            if a.kind in (ActionKind.DOWNLOAD, ActionKind.RESUME, ActionKind.REPAIR)
+            and a.desired.size is None
+            and a.desired.estimated_size is None
+        )
 
     @property
     def pending(self) -> tuple[Action, ...]:

@@ -47,6 +47,7 @@ class Report:
     unmanaged: tuple[Unmanaged, ...] = ()
     download_bytes: int = 0
     free_bytes: int = 0
+    unknown_sizes: int = 0  # downloads of unknown size: download_bytes is a lower bound
     warnings: tuple[str, ...] = ()
     elapsed: float = 0.0
     pruned: tuple[str, ...] = field(default=())

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
+import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
@@ -20,6 +23,7 @@ from rich.progress import (
 from rich.text import Text
 
 from modelsync.errors import ModelsyncError
+from modelsync.progress import Totals
 from modelsync.results import EntryResult, Report, Status
 from modelsync.units import human_size
 
@@ -72,9 +76,12 @@ def report_json(report: Report) -> dict[str, Any]:
             }
             for e in report.entries
         ],
-        "unmanaged": [{"path": u.path, "size": u.size} for u in report.unmanaged],
+        "unmanaged": [
+            {"path": u.path, "size": u.size, "prunable": u.prunable} for u in report.unmanaged
+        ],
         "totals": {
             "download_bytes": report.download_bytes,
+            "unknown_sizes": report.unknown_sizes,
             "free_bytes": report.free_bytes,
             **counts,
         },
@@ -88,6 +95,15 @@ def report_json(report: Report) -> dict[str, Any]:
 def print_json(report: Report) -> None:
     sys.stdout.write(json.dumps(report_json(report), indent=2) + "\n")
     sys.stdout.flush()
+
+
+def print_root(root: Path, origin: str) -> None:
+    """The first line of every human output: which folder, and why that one."""
+    err_console.print(f"root: {escape(str(root))} [dim]({escape(_from(origin))})[/]")
+
+
+def _from(origin: str) -> str:
+    return origin if origin.startswith("the ") else f"from {origin}"
 
 
 def print_warnings(report: Report) -> None:
@@ -149,7 +165,7 @@ def print_plan(report: Report) -> None:
                 (u.path, ""),
                 (human_size(u.size), ""),
                 ("unmanaged", "magenta"),
-                ("", ""),
+                ("--prune deletes it" if u.prunable else "kept by --prune", "dim"),
             ]
         )
     write_lines(rows)
@@ -164,12 +180,23 @@ def print_plan(report: Report) -> None:
     )
     ok = sum(1 for e in report.entries if e.action == "ok" and e.status is Status.OK)
     hidden = " (not listed)" if len(shown) < len(report.entries) else ""
+    prunable = sum(1 for u in report.unmanaged if u.prunable)
+    unmanaged = f", {len(report.unmanaged)} unmanaged" if report.unmanaged else ""
+    if prunable:
+        unmanaged += f" ({prunable} deleted by --prune)"
     err_console.print(
-        f"Plan: {summary or 'nothing to do'}; {ok} ok{hidden}"
-        + (f", {len(report.unmanaged)} unmanaged" if report.unmanaged else "")
-        + f". {human_size(report.download_bytes)} to download, "
+        f"Plan: {summary or 'nothing to do'}; {ok} ok{hidden}{unmanaged}. "
+        f"{bytes_to_download(report.download_bytes, report.unknown_sizes)} to download, "
         f"{human_size(report.free_bytes)} free on root's filesystem."
     )
+
+
+def bytes_to_download(known: int, unknown_sizes: int) -> str:
+    """ "1.2 GiB", or "at least 1.2 GiB (2 entries of unknown size)": never a wrong total."""
+    if not unknown_sizes:
+        return human_size(known)
+    entries = "entry" if unknown_sizes == 1 else "entries"
+    return f"at least {human_size(known)} ({unknown_sizes} {entries} of unknown size)"
 
 
 def print_entries(report: Report) -> None:
@@ -194,22 +221,54 @@ def print_error(exc: ModelsyncError) -> None:
         err_console.print(f"[dim]hint:[/] {escape(exc.hint)}")
 
 
+def _progress_interval() -> float:
+    """Seconds between summary lines without a terminal (a hidden knob for tests)."""
+    try:
+        return max(float(os.environ.get("MODELSYNC_PROGRESS_INTERVAL", "10")), 0.1)
+    except ValueError:
+        return 10.0
+
+
 class LineReporter:
-    """No terminal (or --no-progress): one line per finished file, warnings as they come."""
+    """No terminal (or --no-progress): a line when each file starts and finishes, and a
+    summary line at least every 10 s, so that a CI log is never silent for long."""
 
     def __init__(self, console: Console = err_console) -> None:
         self.console = console
+        self.totals = Totals()
+        self.interval = _progress_interval()
+        self.next_summary = time.monotonic() + self.interval
 
-    def begin(self, files: int, total_bytes: int) -> None:
+    def begin(self, files: int, total_bytes: int, unknown_sizes: int) -> None:
+        self.totals = Totals(planned=total_bytes, files=files)
         if files:
-            self.console.print(f"{files} file(s) to process, {human_size(total_bytes)} to download")
+            self.console.print(
+                f"{files} file(s) to process, "
+                f"{bytes_to_download(total_bytes, unknown_sizes)} to download"
+            )
+
+    def file_started(self, name: str, path: str, size: int | None, already: int) -> None:
+        self.totals.started(name, size, already)
+        resumed = f", {human_size(already)} already here" if already else ""
+        shown = human_size(size) if size is not None else "size unknown"
+        self.console.print(f"[cyan]{'start':>10}[/]  {escape(path)} ({shown}{resumed})")
 
     def file_progress(
         self, name: str, done: int, total: int | None, speed: int, connections: int
     ) -> None:
-        pass
+        self.totals.progress(name, done, total, speed)
+        now = time.monotonic()
+        if now >= self.next_summary:
+            self.next_summary = now + self.interval
+            t = self.totals
+            share = f" ({100 * t.transferred // t.total}%)" if t.total else ""
+            self.console.print(
+                f"progress: {human_size(t.transferred)} of {human_size(t.total)}{share}, "
+                f"{human_size(t.speed)}/s, {t.finished}/{t.files} files"
+            )
 
     def file_finished(self, result: EntryResult) -> None:
+        self.totals.file_done(result.name)
         style = STATUS_STYLE[result.status]
         line = f"[{style}]{result.status.value:>10}[/]  {escape(result.path or result.name)}"
         if result.bytes_downloaded:
@@ -226,7 +285,8 @@ class LineReporter:
 
 
 class BarReporter(LineReporter):
-    """A terminal: one bar per active file (bytes, speed, ETA, connections) plus a total."""
+    """A terminal: one bar per active file (bytes, speed, ETA, connections) plus a total
+    that grows as sizes unknown to the plan are learned."""
 
     def __init__(self, console: Console = err_console) -> None:
         super().__init__(console)
@@ -241,30 +301,28 @@ class BarReporter(LineReporter):
             transient=False,
         )
         self.tasks: dict[str, TaskID] = {}
-        self.done: dict[str, int] = {}
-        self.sizes: dict[str, int] = {}
-        self.planned = 0
         self.total: TaskID | None = None
 
-    def begin(self, files: int, total_bytes: int) -> None:
+    def begin(self, files: int, total_bytes: int, unknown_sizes: int) -> None:
+        self.totals = Totals(planned=total_bytes, files=files)
         self.progress.start()
-        self.planned = total_bytes
         self.total = self.progress.add_task("total", total=total_bytes or None, conns="")
+
+    def file_started(self, name: str, path: str, size: int | None, already: int) -> None:
+        self.totals.started(name, size, already)
 
     def file_progress(
         self, name: str, done: int, total: int | None, speed: int, connections: int
     ) -> None:
+        self.totals.progress(name, done, total, speed)
         if name not in self.tasks:
             self.tasks[name] = self.progress.add_task(name, total=total, conns="")
         self.progress.update(
             self.tasks[name], completed=done, total=total, conns=f"{connections} conn"
         )
-        self.done[name] = done
-        if total:
-            self.sizes[name] = total  # sizes the plan did not know are learned here
         if self.total is not None:
-            grand = max(self.planned, sum(self.sizes.values())) or None
-            self.progress.update(self.total, completed=sum(self.done.values()), total=grand)
+            t = self.totals
+            self.progress.update(self.total, completed=t.transferred, total=t.total or None)
 
     def file_finished(self, result: EntryResult) -> None:
         task = self.tasks.pop(result.name, None)
@@ -293,9 +351,11 @@ def print_summary(report: Report) -> None:
     for path in report.pruned:
         err_console.print(f"[magenta]pruned[/]  {escape(path)}")
     if report.unmanaged:
+        prunable = sum(1 for u in report.unmanaged if u.prunable)
         err_console.print(
-            f"{len(report.unmanaged)} unmanaged file(s) in managed folders "
-            "(see `modelsync plan`; `apply --prune` removes them)"
+            f"{len(report.unmanaged)} unmanaged file(s) in managed folders, "
+            f"{prunable} of them model files that `apply --prune` would delete "
+            "(see `modelsync plan`)"
         )
     for e in report.entries:
         if e.status is Status.FAILED:

@@ -6,13 +6,18 @@ import os
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 
 from modelsync.errors import ModelsyncError, SourceError
 from modelsync.inventory import find_unmanaged, observe
 from modelsync.layout import Layout
 from modelsync.lockfile import Lock, desired_from_lock, read_lock, source_entry
-from modelsync.manifest import Entry, Manifest, check_paths_inside, is_plain_file_name
+from modelsync.manifest import (
+    Entry,
+    Manifest,
+    RootChoice,
+    check_paths_inside,
+    is_plain_file_name,
+)
 from modelsync.reconcile import Plan, reconcile
 from modelsync.remote import Desired, RemoteFile
 from modelsync.sources import SourceContext, needs_network, resolve
@@ -80,26 +85,39 @@ def _one_entry_per_path(targets: list[Target]) -> list[Target]:
     return out
 
 
+def check_root(root: RootChoice, create: bool) -> None:
+    """A root that is not a folder, or that does not exist and may not be created: exit 2."""
+    if root.path.exists():
+        if not root.path.is_dir():
+            raise ModelsyncError(
+                f"the models folder {root.path} (from {root.origin}) is not a folder",
+                "point --root, $MODELSYNC_ROOT or settings.root at a folder",
+            )
+    elif not (root.creatable or create):
+        raise ModelsyncError(
+            f"the models folder {root.path} (from {root.origin}) does not exist",
+            f"check the path for a typo; create it (mkdir -p {root.path}) or pass --create-root",
+        )
+
+
 class Workspace:
     """`lock`: the lock to plan with; by default the manifest's lock file, if any."""
 
     def __init__(
         self,
         manifest: Manifest,
-        root: Path,
+        root: RootChoice,
         env: Mapping[str, str],
         only: list[str] | None = None,
         *,
         lock: Lock | None = None,
+        create_root: bool = False,
     ) -> None:
-        if root.exists() and not root.is_dir():
-            raise ModelsyncError(
-                f"the models folder {root} is not a folder",
-                "point --root, $MODELSYNC_ROOT or settings.root at a folder",
-            )
+        check_root(root, create_root)
         self.manifest = manifest
-        self.root = root
-        self.layout = Layout(root)
+        self.root = root.path
+        self.root_origin = root.origin
+        self.layout = Layout(root.path)
         self.env = env
         self.entries = manifest.select(only)
         if only and not self.entries:
@@ -108,7 +126,7 @@ class Workspace:
                 f"--only {' '.join(only)} matches no entry name or tag",
                 f"names in {manifest.path.name}: {known}",
             )
-        check_paths_inside(manifest, root)
+        check_paths_inside(manifest, root.path)
         self.sources = SourceContext(manifest.settings, env)
         self.lock = lock if lock is not None else read_lock(manifest.lock_path)
 
@@ -176,7 +194,10 @@ class Workspace:
         desired = [t.desired for t in targets if t.desired is not None]
         observed = observe(self.layout, desired, state)
         known, unknown_dirs = self._all_paths(targets)
-        unmanaged = find_unmanaged(self.layout, known, unknown_dirs, self._own_files())
+        named_dirs = {e.dir for e in self.manifest.models if e.dir}
+        unmanaged = find_unmanaged(
+            self.layout, known, unknown_dirs, self._own_files(), named_dirs
+        )
         return reconcile(desired, observed, unmanaged)
 
     def _own_files(self) -> list[str]:

@@ -186,16 +186,21 @@ def test_interrupted_apply_resumes(
         assert "partial downloads are kept" in err
     plan = json.loads(modelsync("plan", manifest, "--json").stdout)
     assert plan["entries"][0]["action"] == "resume"
+    to_download = plan["totals"]["download_bytes"]
     # Still throttled, so aria2's first (Range-less) probe request cannot pull megabytes
     # into socket buffers before it hangs up: what is served is what was needed.
     fileserver.set_faults("/slow.bin", rate_limit=4 * MIB)
     fileserver.reset_log()
-    code, _doc, err = apply_json(manifest, "--connections", "4")
+    code, doc, err = apply_json(manifest, "--connections", "4")
     assert code == 0, err
     assert (root_of(tmp_path) / "checkpoints/slow.bin").read_bytes() == slow_file.data
     served_again = fileserver.bytes_served("/slow.bin")
     # 6 MiB were served before the interrupt; pieces in flight may be fetched again.
     assert served_again <= len(slow_file.data) - 2 * MIB, served_again
+    # plan counted what the resume keeps (aria2's control file), so its figure is what
+    # apply then fetched and reports, give or take the probe's bytes in flight.
+    assert doc["totals"]["download_bytes"] == to_download
+    assert to_download <= served_again <= to_download + MIB, (to_download, served_again)
 
 
 def test_resume_without_range_support_restarts_cleanly(
@@ -277,7 +282,7 @@ def test_prune_with_yes_deletes_only_unmanaged_in_managed_folders(
     (root / "checkpoints/sub").mkdir()
     (root / "checkpoints/sub/keep.bin").write_bytes(b"z")
     plan = json.loads(modelsync("plan", manifest, "--json").stdout)
-    assert plan["unmanaged"] == [{"path": "checkpoints/old.ckpt", "size": 10}]
+    assert plan["unmanaged"] == [{"path": "checkpoints/old.ckpt", "size": 10, "prunable": True}]
     code, _doc, err = apply_json(manifest, "--prune", "--yes")
     assert code == 0, err
     assert not (root / "checkpoints/old.ckpt").exists()
@@ -383,10 +388,9 @@ def test_redirects_and_empty_files(tmp_path: Path, fileserver: FileServer) -> No
     assert (root_of(tmp_path) / "checkpoints/empty.bin").read_bytes() == b""
 
 
-def test_prune_never_deletes_the_manifest_or_its_lock(
-    tmp_path: Path, fileserver: FileServer
-) -> None:
-    """root = "." with entries in root itself: the manifest and lock sit among the models."""
+def test_prune_never_deletes_in_root_itself(tmp_path: Path, fileserver: FileServer) -> None:
+    """root = "." with entries in root itself: the manifest and lock sit among the models,
+    and root is no folder an entry names through `dir`: nothing there is pruned."""
     f = serve(fileserver, "/a.bin", 1000, seed=14)
     manifest = write_manifest(
         tmp_path / "models.toml", [{"url": f.url, "sha256": f.sha256}], {"root": "."}
@@ -396,13 +400,15 @@ def test_prune_never_deletes_the_manifest_or_its_lock(
     (tmp_path / ".hidden").write_bytes(b"editor state")
     code, doc, err = apply_json(manifest, "--prune", "--yes")
     assert code == 0, err
-    assert doc["pruned"] == ["stray.ckpt"]
+    assert "pruned" not in doc
+    assert doc["unmanaged"] == [{"path": "stray.ckpt", "size": 3, "prunable": False}]
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         ".hidden",
         ".modelsync",
         "a.bin",
         "models.lock",
         "models.toml",
+        "stray.ckpt",
     ]
 
 

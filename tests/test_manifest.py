@@ -167,12 +167,16 @@ def test_root_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     manifest.parent.mkdir()
     manifest.write_text(HEADER + GOOD)
     m = load_manifest(manifest)
-    assert resolve_root(m, None, {}) == tmp_path / "teams" / "models"
-    assert resolve_root(m, None, {"MODELSYNC_ROOT": str(tmp_path / "env")}) == tmp_path / "env"
-    assert resolve_root(m, str(tmp_path / "cli"), {"MODELSYNC_ROOT": "x"}) == tmp_path / "cli"
+    chosen = resolve_root(m, None, {})
+    assert chosen.path == tmp_path / "teams" / "models" and chosen.creatable
+    assert chosen.origin == "settings.root in m.toml"
+    env = resolve_root(m, None, {"MODELSYNC_ROOT": str(tmp_path / "env")})
+    assert (env.path, env.origin, env.creatable) == (tmp_path / "env", "$MODELSYNC_ROOT", False)
+    cli = resolve_root(m, str(tmp_path / "cli"), {"MODELSYNC_ROOT": "x"})
+    assert (cli.path, cli.origin, cli.creatable) == (tmp_path / "cli", "--root", False)
     bare = load_manifest(_write(tmp_path / "bare.toml", GOOD))
     monkeypatch.chdir(tmp_path)
-    assert resolve_root(bare, None, {}) == tmp_path
+    assert resolve_root(bare, None, {}).path == tmp_path
 
 
 def test_plan_json_on_a_fresh_root(tmp_path: Path) -> None:
