@@ -135,9 +135,7 @@ def test_every_human_output_starts_by_naming_the_root(
     assert json.loads(modelsync("plan", manifest, "--json").stdout)["root"] == str(root)
 
 
-def test_unknown_sizes_make_the_total_a_lower_bound(
-    tmp_path: Path, fileserver: FileServer
-) -> None:
+def test_unknown_sizes_make_the_total_a_lower_bound(tmp_path: Path, fileserver: FileServer) -> None:
     known = serve(fileserver, "/known.bin", 3000, seed=6)
     unknown = serve(fileserver, "/unknown.bin", 5000, seed=7)
     manifest = bare_manifest(
