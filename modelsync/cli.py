@@ -3,31 +3,55 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
-import click
 import typer
+from typer.core import TyperGroup
 
 from modelsync import ui
 from modelsync.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, ModelsyncError
 from modelsync.manifest import load_manifest, resolve_root
 from modelsync.workspace import Workspace
 
+# "\b" keeps click from re-wrapping the lines of the paragraph that follows it.
+EXIT_CODES = """\b
+Exit codes:
+  0    done; the folder matches the manifest
+  1    some entries failed, are missing or corrupt (plan --check: changes pending)
+  2    nothing was done: invalid manifest or arguments, lock held, no space, no aria2
+  130  interrupted (Ctrl-C); partial downloads are kept"""
+
+
+def _epilog(example: str, *, exit_codes: bool = False) -> str:
+    text = f"\b\nExample:\n  {example}"
+    return f"{text}\n\n{EXIT_CODES}" if exit_codes else text
+
+
 app = typer.Typer(
-    add_completion=False,
+    add_completion=True,  # --install-completion, --show-completion
     no_args_is_help=True,
     help="Keep a folder of model files exactly as a TOML manifest declares.",
+    epilog=_epilog("modelsync apply models.toml", exit_codes=True),
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+    rich_markup_mode=None,  # plain help: the same text with or without a terminal
     pretty_exceptions_enable=False,
 )
 
-ManifestArg = Annotated[Path, typer.Argument(help="The TOML manifest, e.g. models.toml.")]
+ManifestArg = Annotated[
+    Path, typer.Argument(metavar="MANIFEST", help="The TOML manifest, e.g. models.toml.")
+]
 RootOpt = Annotated[
-    str | None, typer.Option("--root", help="Models folder (overrides settings.root).")
+    str | None,
+    typer.Option("--root", metavar="DIR", help="Models folder (overrides settings.root)."),
 ]
 OnlyOpt = Annotated[
-    list[str] | None, typer.Option("--only", help="Limit to entries with this name or tag.")
+    list[str] | None,
+    typer.Option(
+        "--only", metavar="NAME|TAG", help="Limit to entries with this name or tag (repeatable)."
+    ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
 CreateRootOpt = Annotated[
@@ -36,6 +60,28 @@ CreateRootOpt = Annotated[
         "--create-root", help="Create a missing --root / $MODELSYNC_ROOT folder (else exit 2)."
     ),
 ]
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        version()
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _top(
+    _version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            "-V",
+            is_eager=True,  # before any usage check: `modelsync --version` needs no command
+            callback=_print_version,
+            help="Print the version and exit.",
+        ),
+    ] = False,
+) -> None:
+    """Keep a folder of model files exactly as a TOML manifest declares."""
 
 
 def open_workspace(
@@ -56,7 +102,7 @@ def open_workspace(
     return ws
 
 
-@app.command()
+@app.command(epilog=_epilog("modelsync plan models.toml --check", exit_codes=True))
 def plan(
     manifest: ManifestArg,
     root: RootOpt = None,
@@ -80,7 +126,7 @@ def plan(
         raise typer.Exit(1)
 
 
-@app.command()
+@app.command(epilog=_epilog("modelsync verify models.toml --only sdxl", exit_codes=True))
 def verify(
     manifest: ManifestArg,
     root: RootOpt = None,
@@ -102,19 +148,27 @@ def verify(
     raise typer.Exit(report.exit_code)
 
 
-@app.command()
+@app.command(
+    epilog=_epilog("modelsync apply models.toml --jobs 2 --max-speed 50M", exit_codes=True)
+)
 def apply(
     manifest: ManifestArg,
     root: RootOpt = None,
     only: OnlyOpt = None,
     create_root: CreateRootOpt = False,
     json_out: JsonOpt = False,
-    jobs: Annotated[int | None, typer.Option("--jobs", min=1, help="Files at once.")] = None,
+    jobs: Annotated[
+        int | None, typer.Option("--jobs", min=1, metavar="N", help="Files at once.")
+    ] = None,
     connections: Annotated[
-        int | None, typer.Option("--connections", min=1, max=16, help="Connections per file.")
+        int | None,
+        typer.Option(
+            "--connections", min=1, max=16, metavar="N", help="Connections per file (1-16)."
+        ),
     ] = None,
     max_speed: Annotated[
-        str | None, typer.Option("--max-speed", help='Overall limit, e.g. "50M"; "0" = none.')
+        str | None,
+        typer.Option("--max-speed", metavar="RATE", help='Overall limit, e.g. "50M"; "0" = none.'),
     ] = None,
     prune: Annotated[bool, typer.Option("--prune", help="Delete unmanaged files.")] = False,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Prune without asking.")] = False,
@@ -123,13 +177,18 @@ def apply(
     ] = False,
     no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bars.")] = False,
     lock_timeout: Annotated[
-        float, typer.Option("--lock-timeout", min=0, help="Seconds to wait for another apply.")
+        float,
+        typer.Option(
+            "--lock-timeout", min=0, metavar="SECONDS", help="Seconds to wait for another apply."
+        ),
     ] = 300.0,
     aria2_url: Annotated[
-        str | None, typer.Option("--aria2-url", help="Use a running aria2 RPC endpoint.")
+        str | None,
+        typer.Option("--aria2-url", metavar="URL", help="Use a running aria2 RPC endpoint."),
     ] = None,
     aria2_secret: Annotated[
-        str | None, typer.Option("--aria2-secret", help="RPC secret of --aria2-url.")
+        str | None,
+        typer.Option("--aria2-secret", metavar="SECRET", help="RPC secret of --aria2-url."),
     ] = None,
     stall_timeout: Annotated[float, typer.Option("--stall-timeout", min=1, hidden=True)] = 60.0,
 ) -> None:
@@ -176,7 +235,7 @@ def apply(
     raise typer.Exit(report.exit_code)
 
 
-@app.command()
+@app.command(epilog=_epilog("modelsync lock models.toml --upgrade"))
 def lock(
     manifest: ManifestArg,
     root: RootOpt = None,
@@ -199,16 +258,26 @@ def lock(
     raise typer.Exit(result.exit_code)
 
 
-@app.command()
+@app.command(
+    epilog=_epilog(
+        "modelsync add models.toml hf://stabilityai/sdxl-vae/sdxl_vae.safetensors --dir vae"
+    )
+)
 def add(
     manifest: ManifestArg,
     source: Annotated[
         str,
-        typer.Argument(help="A URL, hf://org/repo/path[@revision] or civitai:<version id>."),
+        typer.Argument(
+            metavar="SOURCE",
+            help="A URL, hf://org/repo/path[@revision] or civitai:<version id>.",
+        ),
     ],
-    folder: Annotated[str, typer.Option("--dir", help="Folder under root for the file.")],
+    folder: Annotated[
+        str, typer.Option("--dir", metavar="DIR", help="Folder under root for the file.")
+    ],
     name: Annotated[
-        str | None, typer.Option("--name", help="Entry name (default: the file name).")
+        str | None,
+        typer.Option("--name", metavar="NAME", help="Entry name (default: the file name)."),
     ] = None,
 ) -> None:
     """Resolve SOURCE and append it to the manifest, with its size and sha256."""
@@ -217,9 +286,11 @@ def add(
     ui.print_added(run_add(manifest, source, folder, name, dict(os.environ)))
 
 
-@app.command()
+@app.command(epilog=_epilog("modelsync doctor models.toml"))
 def doctor(
-    manifest: Annotated[Path | None, typer.Argument(help="Check this manifest's root too.")] = None,
+    manifest: Annotated[
+        Path | None, typer.Argument(metavar="MANIFEST", help="Check this manifest's root too.")
+    ] = None,
     root: RootOpt = None,
 ) -> None:
     """Check aria2c, the models folder, tokens (never printed), endpoints and proxies."""
@@ -232,34 +303,111 @@ def doctor(
     raise typer.Exit(0 if all(c.ok for c in checks) else 1)
 
 
+@app.command(epilog=_epilog("modelsync version"))
+def version() -> None:
+    """Print modelsync's version."""
+    from modelsync.sources import modelsync_version
+
+    typer.echo(f"modelsync {modelsync_version()}")
+
+
 def _ask_prune(paths: list[str]) -> bool:
     for path in paths:
         ui.err_console.print(f"  - {path}")
     return typer.confirm(f"Delete these {len(paths)} unmanaged file(s)?", default=False, err=True)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    """The one place that turns errors into exit codes (and, under --json, a JSON document)."""
+    args = sys.argv[1:] if argv is None else argv
+    _take_shell_as_given(args)
     try:
-        # standalone_mode=False returns a typer.Exit's code instead of exiting.
-        # (typer turns Ctrl-C into code 130 itself).
-        code = app(standalone_mode=False)
-        if code == EXIT_INTERRUPTED:
-            _interrupted()
-        sys.exit(code if isinstance(code, int) else 0)
+        # standalone_mode=False returns a typer.Exit's code instead of exiting, and
+        # raises usage errors for us to render (typer turns Ctrl-C into code 130 itself).
+        code = app(args=args, prog_name="modelsync", standalone_mode=False)
     except ModelsyncError as exc:
-        ui.print_error(exc)
+        _fail(exc, args)
+    except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(EXIT_USAGE)
-    except (KeyboardInterrupt, click.exceptions.Abort):
+    except typer.TyperException as exc:  # click's: unknown option, missing argument, ...
+        _usage_error(exc, args)
+    except (KeyboardInterrupt, typer.Abort):
         _interrupted()
     except OSError as exc:  # the disk said no where we did not expect it: no traceback
         where = f" ({exc.filename})" if exc.filename else ""
-        ui.print_error(ModelsyncError(f"{exc.strerror or exc}{where}", "check the path"))
-        sys.exit(EXIT_FAILED)
+        message = f"{exc.strerror or exc}{where}"
+        _fail(ModelsyncError(message, "check the path", exit_code=EXIT_FAILED), args)
+    if code == EXIT_INTERRUPTED:
+        _interrupted()
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _take_shell_as_given(args: list[str]) -> None:
+    """`--show-completion bash` must mean bash: typer's flag would detect the shell and
+    ignore the word, unless its (test) switch makes the shell the option's value."""
+    option, _, shell = args[0].partition("=") if args else ("", "", "")
+    shell = shell or (args[1] if len(args) > 1 else "")
+    if option in ("--show-completion", "--install-completion") and shell[:1] not in ("", "-"):
+        os.environ["_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION"] = "1"
+
+
+def _fail(exc: ModelsyncError, args: list[str], usage: str = "") -> NoReturn:
+    """The human error on stderr; with --json also the error document on stdout."""
+    ui.print_error(exc, usage)
+    if _wants_json(args):
+        ui.print_error_json(exc, _command_of(args))
+    sys.exit(exc.exit_code)
+
+
+def _usage_error(exc: typer.TyperException, args: list[str]) -> NoReturn:
+    if type(exc).__name__ == "NoArgsIsHelpError":  # not exported; typer tests the name too
+        typer.echo(exc.format_message(), err=True)  # the whole help
+        _fail(ModelsyncError("no command given", "pick one of the commands above"), args)
+    # click's errors mostly know the command they were parsing; "requires an argument" not
+    ctx = getattr(exc, "ctx", None)
+    usage, path = (ctx.get_usage(), ctx.command_path) if ctx else _usage_of(args)
+    message = _in_words(exc.format_message())
+    _fail(ModelsyncError(message, f"see `{path} --help`", exit_code=EXIT_USAGE), args, usage)
+
+
+def _usage_of(args: list[str]) -> tuple[str, str]:
+    """The usage line and path of the command that `args` name, else of modelsync itself."""
+    group = typer.main.get_command(app)
+    ctx = group.make_context("modelsync", [], resilient_parsing=True)
+    name = _command_of(args)
+    command = group.get_command(ctx, name) if name and isinstance(group, TyperGroup) else None
+    if command is not None:
+        ctx = command.make_context(name, [], parent=ctx, resilient_parsing=True)
+    return ctx.get_usage(), ctx.command_path
+
+
+# typer words bad option values as pydantic does; these say what to give instead.
+_REWORDED = (
+    (re.compile(r"Input should be greater than or equal to (\S+)"), r"must be \1 or more"),
+    (re.compile(r"Input should be less than or equal to (\S+)"), r"must be \1 or less"),
+    (re.compile(r"Input should be a valid integer.*"), "must be a whole number"),
+    (re.compile(r"Input should be a valid number.*"), "must be a number"),
+)
+
+
+def _in_words(message: str) -> str:
+    for pattern, words in _REWORDED:
+        message = pattern.sub(words, message)
+    return message
+
+
+def _wants_json(args: list[str]) -> bool:
+    options = args[: args.index("--")] if "--" in args else args
+    return "--json" in options
+
+
+def _command_of(args: list[str]) -> str | None:
+    """The subcommand named in `args`: the first word that is not an option."""
+    names = {
+        info.name or getattr(info.callback, "__name__", "") for info in app.registered_commands
+    }
+    first = next((a for a in args if not a.startswith("-")), None)
+    return first if first in names else None
 
 
 def _interrupted() -> None:

@@ -22,6 +22,7 @@ from pydantic import (
     ValidationError,
     model_validator,
 )
+from pydantic_core import ErrorDetails
 
 from modelsync.errors import ManifestError, Problem
 
@@ -295,65 +296,173 @@ def _key_line(text: str, index: int, key: str) -> int | None:
     return header
 
 
-def _describe(exc: ValidationError, data: dict[str, Any], text: str) -> list[str]:
-    problems: list[str] = []
-    models = data.get("models")
-    for err in exc.errors():
-        loc = err["loc"]
-        msg = str(err["msg"]).removeprefix("Value error, ")
-        if loc and loc[0] == "models" and len(loc) >= 2 and isinstance(loc[1], int):
-            index = loc[1]
-            raw = models[index] if isinstance(models, list) and index < len(models) else None
-            key = str(loc[2]) if len(loc) > 2 else None
-            line = _key_line(text, index, key or "")
-            where = entry_label(index, raw)
-            if line:
-                where = f"line {line}: {where}"
-            if err["type"] == "extra_forbidden" and key:
-                problems.append(_unknown(f"{where}: ", key, Entry))
-            elif key:
-                problems.append(f"{where}: key {key!r}: {msg}")
-            else:
-                problems.append(f"{where}: {msg}")
-        elif loc and loc[0] == "settings" and len(loc) > 1:
-            key = str(loc[1])
-            if err["type"] == "extra_forbidden":
-                problems.append(_unknown("[settings]: ", key, Settings))
-            else:
-                problems.append(f"[settings]: key {key!r}: {msg}")
-        elif loc and err["type"] == "extra_forbidden":
-            problems.append(_unknown("top level: ", str(loc[0]), Manifest))
-        elif loc:
-            problems.append(f"key {'.'.join(map(str, loc))!r}: {msg}")
+# Our words for pydantic's type and range errors ("Input should be a valid tuple" names
+# Python types that a manifest's author never wrote): what the key holds, and an example.
+# Keys are an entry's keys, "settings.<key>", top-level keys, and "[[models]]" (an entry).
+_EXPECTED: dict[str, tuple[str, str]] = {
+    "name": ("a string in quotes", 'name = "sdxl-base"'),
+    "url": ("an http(s) URL in quotes", 'url = "https://example.com/model.safetensors"'),
+    "hf": ("a repo id in quotes", 'hf = "stabilityai/sdxl-vae"'),
+    "file": ("the file's path in the repo, in quotes", 'file = "sdxl_vae.safetensors"'),
+    "revision": ("a branch, tag or commit in quotes", 'revision = "main"'),
+    "civitai": ("a whole number (the model version id)", "civitai = 128713"),
+    "dir": ("a folder under root, in quotes", 'dir = "checkpoints"'),
+    "filename": ("a file name in quotes", 'filename = "model.safetensors"'),
+    "sha256": ("64 hex characters in quotes", 'sha256 = "31e35c80fc48…"'),
+    "xxh3_128": ("32 hex characters in quotes", 'xxh3_128 = "6b1a1cc8f2…"'),
+    "size": ("a whole number of bytes", "size = 6938078334"),
+    "tags": ("a list of strings", 'tags = ["sdxl"]'),
+    "mirrors": ("a list of URLs", 'mirrors = ["https://mirror.example/model.safetensors"]'),
+    "settings.root": ("a folder in quotes", 'root = "models"'),
+    "settings.max_concurrent": ("a whole number from 1 to 64", "max_concurrent = 4"),
+    "settings.connections": (
+        "a whole number from 0 to 16 (0: automatic, one per 8 MiB)",
+        "connections = 8",
+    ),
+    "settings.max_speed": ("a rate", 'max_speed = "50M"'),
+    "settings.mirrors": ("a list of URLs", 'mirrors = ["https://mirror.example/"]'),
+    "settings": ("a table", "[settings] (one pair of brackets) above its keys"),
+    "models": ("an array of tables", "[[models]] (two pairs of brackets) above each entry"),
+    "[[models]]": ("a table", "[[models]] above the entry's keys"),
+    "version": ("1 (the only manifest format so far)", "version = 1"),
+}
+_TYPE_ERRORS = frozenset(
+    {
+        "bool_parsing",
+        "bool_type",
+        "dict_type",
+        "float_parsing",
+        "float_type",
+        "int_from_float",
+        "int_parsing",
+        "int_type",
+        "iterable_type",
+        "list_type",
+        "literal_error",
+        "model_type",
+        "set_type",
+        "string_type",
+        "tuple_type",
+    }
+)
+_RANGE_ERRORS = frozenset({"greater_than", "greater_than_equal", "less_than", "less_than_equal"})
+
+
+def _in_words(err: ErrorDetails, key: str) -> str:
+    """`key must be …, e.g. …` for type and range errors; pydantic's text otherwise."""
+    msg = str(err["msg"]).removeprefix("Value error, ")  # our validators' own words
+    expected = _EXPECTED.get(key)
+    if expected is None or err["type"] not in _TYPE_ERRORS | _RANGE_ERRORS:
+        return msg
+    what, example = expected
+    name = "entry" if key == "[[models]]" else key.rpartition(".")[2]
+    words = f"{name} must be {what}, e.g. {example}"
+    if err["type"] in _RANGE_ERRORS:
+        words += f"; got {err['input']!r}"
+    return words
+
+
+def _describe(exc: ValidationError, data: dict[str, Any], text: str) -> list[Problem]:
+    return [_problem(err, data.get("models"), text) for err in exc.errors()]
+
+
+def _problem(err: ErrorDetails, models: Any, text: str) -> Problem:
+    loc = err["loc"]
+    if len(loc) >= 2 and loc[0] == "models" and isinstance(loc[1], int):
+        return _entry_problem(err, loc[1], models, text)
+    if len(loc) >= 2 and loc[0] == "settings":
+        key = str(loc[1])
+        line = _settings_line(text, key)
+        if err["type"] == "extra_forbidden":
+            message = _unknown("[settings]: ", key, Settings)
         else:
-            problems.append(msg)
-    return problems
+            message = f"[settings]: key {key!r}: {_in_words(err, f'settings.{key}')}"
+        return Problem(None, f"settings.{key}", line, message)
+    if not loc:
+        return Problem(None, None, None, _in_words(err, ""))
+    key = ".".join(map(str, loc))
+    line = _top_level_line(text, str(loc[0]))
+    if err["type"] == "extra_forbidden":
+        return Problem(None, key, line, _unknown("top level: ", key, Manifest))
+    return Problem(None, key, line, f"key {key!r}: {_in_words(err, key)}")
 
 
-def _cross_entry_problems(manifest: Manifest, text: str) -> list[str]:
+def _entry_problem(err: ErrorDetails, index: int, models: Any, text: str) -> Problem:
+    loc = err["loc"]
+    raw = models[index] if isinstance(models, list) and index < len(models) else None
+    key = str(loc[2]) if len(loc) > 2 else None  # loc[3], if any, is a list item's index
+    line = _key_line(text, index, key or "")
+    entry = entry_label(index, raw)
+    where = f"line {line}: {entry}" if line else entry
+    if err["type"] == "extra_forbidden" and key:
+        message = _unknown(f"{where}: ", key, Entry)
+    elif key:
+        message = f"{where}: key {key!r}: {_in_words(err, key)}"
+    else:
+        message = f"{where}: {_in_words(err, '[[models]]')}"
+    return Problem(entry, key, line, message)
+
+
+def _settings_line(text: str, key: str) -> int | None:
+    """Line of `key` inside [settings] (or of a [settings.key] table), else of [settings]."""
+    lines = text.splitlines()
+    header = re.compile(r"^\s*\[\s*settings\s*\]")
+    pattern = re.compile(rf"^\s*[\"']?{re.escape(key)}[\"']?\s*=")
+    subtable = re.compile(rf"^\s*\[\s*settings\s*\.\s*[\"']?{re.escape(key)}[\"']?\s*\]")
+    for n, line in enumerate(lines):
+        if subtable.match(line):
+            return n + 1
+    for n, line in enumerate(lines):
+        if header.match(line):
+            for m in range(n + 1, len(lines)):
+                if lines[m].lstrip().startswith("["):
+                    break
+                if pattern.match(lines[m]):
+                    return m + 1
+            return n + 1
+    return None
+
+
+def _top_level_line(text: str, key: str) -> int | None:
+    """Line where a top-level key is set: `key = …` before any table, or `[key]`/`[[key]]`."""
+    name = re.escape(key)
+    table = re.compile(rf"^\s*\[\[?\s*{name}\s*\]\]?\s*(#.*)?$")
+    assignment = re.compile(rf"^\s*[\"']?{name}[\"']?\s*=")
+    in_table = False
+    for n, line in enumerate(text.splitlines(), 1):
+        if table.match(line) or (not in_table and assignment.match(line)):
+            return n
+        in_table = in_table or line.lstrip().startswith("[")
+    return None
+
+
+def _cross_entry_problems(manifest: Manifest, text: str) -> list[Problem]:
     if not manifest.models:
-        return ["no [[models]] entries: add at least one (see README for the format)"]
-    problems: list[str] = []
+        message = "no [[models]] entries: add at least one (see README for the format)"
+        return [Problem(None, "models", None, message)]
+    problems: list[Problem] = []
     names: dict[str, int] = {}
     paths: dict[str, int] = {}
     for i, entry in enumerate(manifest.models):
         label = f"models[{i}] ({entry.display_name})"
         if entry.display_name in names:
             first = names[entry.display_name]
-            problems.append(
+            message = (
                 f"{label}: name {entry.display_name!r} is already used by models[{first}]; "
                 "set a unique name"
             )
+            problems.append(Problem(label, "name", _key_line(text, i, "name"), message))
         names.setdefault(entry.display_name, i)
         rel = entry.relpath()
         if rel is None:
             continue
         key = os.path.normcase(rel)
         if key in paths:
-            problems.append(
+            message = (
                 f"{label}: path {rel!r} is also the target of models[{paths[key]}]; "
                 "change dir or filename"
             )
+            problems.append(Problem(label, "dir", _key_line(text, i, "dir"), message))
         paths.setdefault(key, i)
     return problems
 
@@ -372,9 +481,14 @@ def check_paths_inside(manifest: Manifest, root: Path) -> None:
         if real != real_root and not real.startswith(real_root.rstrip(os.sep) + os.sep):
             escaping[folder] = real
     problems = [
-        f"models[{i}] ({entry.display_name}): key 'dir': {entry.dir!r} resolves to "
-        f"{escaping[entry.dir]}, outside root {real_root} (through a symlink); "
-        "point dir elsewhere"
+        Problem(
+            f"models[{i}] ({entry.display_name})",
+            "dir",
+            None,
+            f"models[{i}] ({entry.display_name}): key 'dir': {entry.dir!r} resolves to "
+            f"{escaping[entry.dir]}, outside root {real_root} (through a symlink); "
+            "point dir elsewhere",
+        )
         for i, entry in enumerate(manifest.models)
         if entry.dir in escaping
     ]

@@ -215,10 +215,35 @@ def print_entries(report: Report) -> None:
     )
 
 
-def print_error(exc: ModelsyncError) -> None:
+def print_error(exc: ModelsyncError, usage: str = "") -> None:
+    """The human error on stderr; a usage error shows the command's usage line first."""
+    if usage:
+        err_console.print(escape(usage))
     err_console.print(f"[red]error:[/] {escape(exc.message)}")
     if exc.hint:
         err_console.print(f"[dim]hint:[/] {escape(exc.hint)}")
+
+
+def error_json(exc: ModelsyncError, command: str | None) -> dict[str, Any]:
+    """A failed command's one JSON document: scripts read this, never stderr."""
+    problems = [
+        {"entry": p.entry, "key": p.key, "line": p.line, "message": p.message} for p in exc.problems
+    ]
+    return {
+        "schema": 1,
+        "command": command,
+        "error": {
+            "message": exc.headline,
+            "hint": exc.hint or None,
+            "exit_code": exc.exit_code,
+            "problems": problems,
+        },
+    }
+
+
+def print_error_json(exc: ModelsyncError, command: str | None) -> None:
+    sys.stdout.write(json.dumps(error_json(exc, command), indent=2) + "\n")
+    sys.stdout.flush()
 
 
 def _progress_interval() -> float:

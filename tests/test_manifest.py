@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from modelsync.errors import ManifestError, Problem
 from modelsync.manifest import load_manifest, parse_rate, resolve_root
 from tests.clirun import modelsync
 
@@ -213,3 +214,137 @@ def test_root_that_is_a_file_is_refused(tmp_path: Path) -> None:
         run = modelsync(command, manifest, cwd=tmp_path)
         assert run.code == 2, run.stderr
         assert "is not a folder" in run.stderr and "Traceback" not in run.stderr
+
+
+ENTRY = '[[models]]\nname = "x"\nurl = "http://127.0.0.1:9/x.bin"\n'  # lines 4-6 after HEADER
+TAGS_WORDS = 'tags must be a list of strings, e.g. tags = ["sdxl"]'
+SIZE_WORDS = "size must be a whole number of bytes, e.g. size = 6938078334"
+TYPE_CASES = [
+    # (id, manifest, the one problem line: our words, never pydantic's)
+    (
+        "tags-string",
+        HEADER + ENTRY + 'tags = "sdxl"',
+        f"line 7: models[0] (x): key 'tags': {TAGS_WORDS}",
+    ),
+    (
+        "tags-of-ints",
+        HEADER + ENTRY + "tags = [1]",
+        f"line 7: models[0] (x): key 'tags': {TAGS_WORDS}",
+    ),
+    (
+        "size-word",
+        HEADER + ENTRY + 'size = "big"',
+        f"line 7: models[0] (x): key 'size': {SIZE_WORDS}",
+    ),
+    (
+        "size-quoted",
+        HEADER + ENTRY + 'size = "12"',
+        f"line 7: models[0] (x): key 'size': {SIZE_WORDS}",
+    ),
+    (
+        "size-bool",
+        HEADER + ENTRY + "size = true",
+        f"line 7: models[0] (x): key 'size': {SIZE_WORDS}",
+    ),
+    (
+        "size-float",
+        HEADER + ENTRY + "size = 1.5",
+        f"line 7: models[0] (x): key 'size': {SIZE_WORDS}",
+    ),
+    (
+        "size-negative",
+        HEADER + ENTRY + "size = -1",
+        f"line 7: models[0] (x): key 'size': {SIZE_WORDS}; got -1",
+    ),
+    (
+        "civitai-word",
+        HEADER + '[[models]]\nname = "x"\ncivitai = "abc"',
+        "line 6: models[0] (x): key 'civitai': civitai must be a whole number "
+        "(the model version id), e.g. civitai = 128713",
+    ),
+    (
+        "mirrors-string",
+        HEADER + ENTRY + 'mirrors = "http://m/x.bin"',
+        "line 7: models[0] (x): key 'mirrors': mirrors must be a list of URLs, "
+        'e.g. mirrors = ["https://mirror.example/model.safetensors"]',
+    ),
+    (
+        "max-concurrent-quoted",
+        '[settings]\nmax_concurrent = "4"\n' + ENTRY,
+        "[settings]: key 'max_concurrent': max_concurrent must be a whole number from 1 to 64, "
+        "e.g. max_concurrent = 4",
+    ),
+    (
+        "connections-range",
+        "[settings]\nconnections = 99\n" + ENTRY,
+        "[settings]: key 'connections': connections must be a whole number from 0 to 16 "
+        "(0: automatic, one per 8 MiB), e.g. connections = 8; got 99",
+    ),
+    (
+        "root-number",
+        "[settings]\nroot = 5\n" + ENTRY,
+        "[settings]: key 'root': root must be a folder in quotes, e.g. root = \"models\"",
+    ),
+    (
+        "max-speed-list",  # was a TypeError traceback
+        "[settings]\nmax_speed = [1]\n" + ENTRY,
+        '[settings]: key \'max_speed\': expected a rate like "0", "500K", "50M" or "1G"; got [1]',
+    ),
+    (
+        "models-as-table",
+        HEADER + ENTRY.replace("[[models]]", "[models]"),
+        "key 'models': models must be an array of tables, "
+        "e.g. [[models]] (two pairs of brackets) above each entry",
+    ),
+    (
+        "settings-not-a-table",
+        "settings = 5\n" + ENTRY,
+        "key 'settings': settings must be a table, "
+        "e.g. [settings] (one pair of brackets) above its keys",
+    ),
+    (
+        "entry-not-a-table",
+        "models = [1]\n",
+        "models[0]: entry must be a table, e.g. [[models]] above the entry's keys",
+    ),
+    (
+        "version-quoted",
+        'version = "1"\n' + HEADER + ENTRY,
+        "key 'version': version must be 1 (the only manifest format so far), e.g. version = 1",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("body", "line"), [c[1:] for c in TYPE_CASES], ids=[c[0] for c in TYPE_CASES]
+)
+def test_type_errors_in_our_words(tmp_path: Path, body: str, line: str) -> None:
+    manifest = _write(tmp_path / "models.toml", body + "\n")
+    run = modelsync("plan", manifest, cwd=tmp_path)
+    assert run.code == 2, run.stderr
+    assert "Traceback" not in run.stderr and "Input should" not in run.stderr
+    assert f"invalid manifest (1 problem(s)):\n  - {line}\n" in run.stderr, run.stderr
+
+
+def problems_of(path: Path) -> tuple[Problem, ...]:
+    with pytest.raises(ManifestError) as info:
+        load_manifest(path)
+    return info.value.problems
+
+
+def test_problems_carry_entry_key_and_line(tmp_path: Path) -> None:
+    manifest = _write(
+        tmp_path / "m.toml",
+        "[settings]\nmax_concurrent = 0\n\n" + ENTRY + 'tags = "sdxl"\nsha265 = "x"\n',
+    )
+    settings, tags, unknown = problems_of(manifest)
+    assert (settings.entry, settings.key, settings.line) == (None, "settings.max_concurrent", 2)
+    assert (tags.entry, tags.key, tags.line) == ("models[0] (x)", "tags", 7)
+    assert (unknown.entry, unknown.key, unknown.line) == ("models[0] (x)", "sha265", 8)
+    assert str(tags) == tags.message == f"line 7: models[0] (x): key 'tags': {TAGS_WORDS}"
+    twice = _write(tmp_path / "twice.toml", HEADER + ENTRY + "\n" + ENTRY.replace(".bin", ".pt"))
+    [duplicate] = problems_of(twice)
+    assert (duplicate.entry, duplicate.key, duplicate.line) == ("models[1] (x)", "name", 9)
+    assert "already used by models[0]" in duplicate.message
+    syntax = _write(tmp_path / "syntax.toml", HEADER + "x = = 1\n")
+    assert [(p.entry, p.key, p.line) for p in problems_of(syntax)] == [(None, None, 4)]
