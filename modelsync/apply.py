@@ -46,8 +46,10 @@ def root_lock(ws: Workspace, timeout: float, on_wait: Callable[[], None]) -> Ite
         ws.layout.own.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ModelsyncError(
-            f"cannot use {ws.root} as the models folder: {exc.strerror or exc}",
-            "check --root / settings.root: it must be a folder you can write to",
+            f"cannot use {ws.root} as the models folder: cannot create "
+            f"{exc.filename or ws.layout.own}: {exc.strerror or exc}",
+            "check --root / settings.root: it must be a folder you can write to, "
+            f"where {ws.layout.own.name} can be modelsync's own folder",
         ) from None
     lock = filelock.FileLock(ws.layout.lock)
     try:

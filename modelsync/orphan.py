@@ -20,7 +20,7 @@ def wait_for_orphan_daemon(layout: Layout, timeout: float = 15.0, *, stop: bool 
     stop=False: it only waits, and writes nothing."""
     try:
         pid = int(layout.daemon_pid.read_text())
-    except (FileNotFoundError, ValueError):
+    except (OSError, ValueError):  # none, or .modelsync/ unusable: no daemon of ours
         return
     deadline = time.monotonic() + timeout
     while _is_our_aria2c(pid, layout):

@@ -195,9 +195,7 @@ class Workspace:
         observed = observe(self.layout, desired, state)
         known, unknown_dirs = self._all_paths(targets)
         named_dirs = {e.dir for e in self.manifest.models if e.dir}
-        unmanaged = find_unmanaged(
-            self.layout, known, unknown_dirs, self._own_files(), named_dirs
-        )
+        unmanaged = find_unmanaged(self.layout, known, unknown_dirs, self._own_files(), named_dirs)
         return reconcile(desired, observed, unmanaged)
 
     def _own_files(self) -> list[str]:

@@ -227,11 +227,12 @@ def test_json_error_for_a_usage_error(tmp_path: Path) -> None:
     assert json_error(unknown, None)["message"] == "No such command 'bogus'."
 
 
-def test_json_error_for_an_unexpected_os_error(tmp_path: Path) -> None:
+def test_json_error_when_modelsyncs_own_folder_is_a_file(tmp_path: Path) -> None:
     """A file where modelsync's own folder belongs: the disk says no, still one document."""
     manifest = good_manifest(tmp_path)
     (tmp_path / "models").mkdir()
     (tmp_path / "models" / ".modelsync").write_text("not a folder")
-    run = modelsync("plan", manifest, "--json", cwd=tmp_path)
-    error = json_error(run, "plan", exit_code=run.code)
-    assert run.code in (1, 2) and ".modelsync" in error["message"] + str(error["hint"])
+    assert modelsync("plan", manifest, "--json", cwd=tmp_path).code == 0  # plan writes nothing
+    run = modelsync("apply", manifest, "--json", cwd=tmp_path)
+    error = json_error(run, "apply", exit_code=2)
+    assert ".modelsync" in error["message"] + str(error["hint"])
