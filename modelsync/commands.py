@@ -72,6 +72,12 @@ def _fast_verifiable(t: Target) -> bool:
     return t.desired is not None and bool(t.desired.sha256 and t.desired.xxh3_128)
 
 
+def _xxh3_differs(outcome: FileHashes | OSError, t: Target) -> bool:
+    return isinstance(outcome, FileHashes) and (
+        t.desired is None or outcome.xxh3_128 != t.desired.xxh3_128
+    )
+
+
 def run_verify(ws: Workspace, *, strict: bool = False) -> Report:
     """Hash every present file (cache not trusted), refresh the cache with what it finds.
 
@@ -105,6 +111,10 @@ def run_verify(ws: Workspace, *, strict: bool = False) -> Report:
     fast_set = set(fast)
     full = [p for p in to_hash if p not in fast_set]
     hashed = {**hash_files(full), **hash_files(fast, with_sha256=False)}
+    # A fast re-verify that fails knows no sha256: hash those files whole, so that the
+    # stat cache records what they really hold (plan then says `repair`, with the reason).
+    changed = [p for p in fast if _xxh3_differs(hashed[p], to_hash[p][0])]
+    hashed.update(hash_files(changed))
     # Nothing present: open no database, so verify of an empty root creates nothing.
     with StateDB.open(ws.root, create=bool(to_hash)) as state:
         for path, (t, st) in to_hash.items():
@@ -125,13 +135,13 @@ def run_verify(ws: Workspace, *, strict: bool = False) -> Report:
                 assert d.sha256 is not None
                 outcome = FileHashes(outcome.size, d.sha256, outcome.xxh3_128)
             wrong = hash_mismatches(d, outcome.sha256, outcome.xxh3_128)
+            # The cache states what the file holds, right or wrong: a mismatch stays known.
+            state.record(d.path, st, outcome)
             if wrong:
-                state.forget(d.path)
                 results[t.name] = EntryResult(
                     t.name, d.path, "verify", Status.CORRUPT, st.st_size, error="; ".join(wrong)
                 )
             else:
-                state.record(d.path, st, outcome)
                 results[t.name] = EntryResult(t.name, d.path, "verify", Status.OK, st.st_size)
     entries += [results[t.name] for t in targets if t.name in results]
     return Report(

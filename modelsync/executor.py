@@ -440,7 +440,9 @@ class Executor:
                 self.state.record(d.path, outcome.stat, outcome.hashes)
                 self._finish(job, Status.OK)
             else:
-                self.state.forget(d.path)
+                # What the file holds, not what it should: until the repair lands, plan
+                # says `repair` for it instead of hashing it again.
+                self.state.record(d.path, outcome.stat, outcome.hashes)
                 self.reporter.warn(f"{d.name}: {'; '.join(wrong)}; downloading again")
                 job.repairing = True
                 self._start_download(job)
