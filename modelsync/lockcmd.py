@@ -8,8 +8,10 @@
   the normal apply machinery, and the sha256/xxh3_128 that apply verified and recorded in
   state.db are locked (trust on first use). A file already in place that modelsync
   verified is not downloaded again.
-- xxh3_128 (and the exact size) are added once the file was verified locally: taken from
-  state.db when its row agrees with the locked hashes and the file's stat still matches.
+- xxh3_128 (and the exact size) are added when an entry is (re)locked anyway (new,
+  edited, or `--upgrade`) and the file was verified locally: taken from state.db when its
+  row agrees with the locked hashes and the file's stat still matches. A current entry is
+  never rewritten for them, so `lock` after `apply` leaves the lock byte-identical.
 - One entry failing does not stop the others: the lock is written with everything that
   resolved, a failed entry keeps what the previous lock held for it (or stays out of the
   lock), and the command exits 1. Errors that stop everything (aria2 unavailable, not
@@ -89,7 +91,7 @@ def run_lock(
             previous = old.models.get(name)
             current = old.current(entry)
             if current is not None and not upgrade:
-                new[name] = _with_local_hashes(ws, current, rows)
+                new[name] = current  # byte for byte: what this disk learned is no change
                 continue
             try:
                 remote = resolve(entry, ws.sources)

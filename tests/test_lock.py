@@ -246,7 +246,7 @@ def test_xxh3_is_locked_once_the_file_is_verified_and_kept_after(
     assert fileserver.requests == []
 
     assert modelsync("apply", manifest).code == 0
-    run = modelsync("lock", manifest)
+    run = modelsync("lock", manifest, "--upgrade")  # a current entry changes only then
     assert run.code == 0 and re.search(r"updated\s+a\.bin\s+\(.*xxh3_128", run.stderr)
     assert read_lock(manifest)["models"]["a.bin"]["xxh3_128"] == xxhash.xxh3_128_hexdigest(a.data)
     before = manifest.with_suffix(".lock").read_bytes()
@@ -254,6 +254,26 @@ def test_xxh3_is_locked_once_the_file_is_verified_and_kept_after(
     (tmp_path / "models/misc/a.bin").unlink()  # a property of the bytes, not of this disk
     assert modelsync("lock", manifest).code == 0
     assert manifest.with_suffix(".lock").read_bytes() == before
+
+
+def test_lock_after_apply_leaves_a_current_lock_byte_identical(
+    tmp_path: Path, fileserver: FileServer
+) -> None:
+    a = serve(fileserver, "/a.bin", 5000, seed=14)  # sha256 pinned, size learned by apply
+    b = serve(fileserver, "/b.bin", 3000, seed=15)  # unpinned: trust on first use
+    manifest = write_manifest(tmp_path / "models.toml", [pinned(a), unpinned(b)])
+    assert modelsync("lock", manifest).code == 0
+    lock = manifest.with_suffix(".lock")
+    first = lock.read_bytes()
+    mtime = lock.stat().st_mtime_ns
+
+    run, doc = apply_json(manifest)
+    assert run.code == 0 and statuses(doc) == {"a.bin": "downloaded", "b.bin": "ok"}
+    run = modelsync("lock", manifest)
+    assert run.code == 0, run.stderr
+    assert "up to date" in run.stderr and "updated" not in run.stderr
+    assert lock.read_bytes() == first and lock.stat().st_mtime_ns == mtime
+    assert "xxh3_128" not in read_lock(manifest)["models"]["a.bin"]  # --upgrade adds it
 
 
 def test_hf_lock_pins_the_commit_plan_asks_nothing_and_upgrade_moves_it(
