@@ -77,3 +77,12 @@ class SourceError(ModelsyncError):
     """A source (URL, Hugging Face, Civitai) could not be resolved for one entry."""
 
     exit_code = 1
+
+
+class SourceUnreachable(SourceError):
+    """The source's server did not answer at all (connection refused, DNS, timeout):
+    `host` names it (never a URL, which may carry a token)."""
+
+    def __init__(self, message: str, hint: str = "", *, host: str) -> None:
+        super().__init__(message, hint)
+        self.host = host

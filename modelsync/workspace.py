@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from modelsync.errors import ModelsyncError, SourceError
+from modelsync.errors import ModelsyncError, SourceError, SourceUnreachable
 from modelsync.inventory import find_unmanaged, observe
 from modelsync.layout import Layout
 from modelsync.lockfile import Lock, desired_from_lock, read_lock, source_entry
@@ -20,7 +20,7 @@ from modelsync.manifest import (
 )
 from modelsync.reconcile import Plan, reconcile
 from modelsync.remote import Desired, RemoteFile
-from modelsync.sources import SourceContext, needs_network, resolve
+from modelsync.sources import SourceContext, needs_network, resolve, source_of
 from modelsync.state import StateDB
 
 
@@ -177,8 +177,42 @@ class Workspace:
         try:
             remote = resolve(entry, self.sources)
             return Target(entry, desired_for(entry, remote), remote, warning=warning)
+        except SourceUnreachable as exc:
+            return self._offline(entry, exc, warning)
         except ModelsyncError as exc:
             return Target(entry, None, error=str(exc), warning=warning)
+
+    def _offline(self, entry: Entry, exc: SourceUnreachable, warning: str | None) -> Target:
+        """The source did not answer: an entry whose sha256 and size the manifest pins
+        is planned from those pins (a file in place can still be verified, and is ok).
+        Its download, if one is needed, fails in apply as it would have."""
+        if entry.sha256 is None or entry.size is None:
+            return Target(entry, None, error=str(exc), warning=warning)
+        # Civitai names its files only through its API (a download link's last segment
+        # is a version id): without `filename` the path is unknown.
+        civitai = source_of(entry, self.env) == "civitai"
+        name = entry.filename if civitai else entry.default_filename
+        if not name:
+            hint = (
+                f"{exc.hint}; or set filename: an entry pinned by sha256 and size "
+                f"is then planned without reaching {exc.host}"
+            )
+            return Target(entry, None, error=str(SourceError(exc.message, hint)), warning=warning)
+        path = entry.relpath(name)
+        assert path is not None
+        desired = Desired(
+            name=entry.display_name,
+            path=path,
+            size=entry.size,
+            sha256=entry.sha256,
+            xxh3_128=entry.xxh3_128,
+            tags=entry.tags,
+        )
+        offline = (
+            f"{entry.display_name}: {exc.host} was not reached; planned from the sha256 "
+            f"and size pinned in {self.manifest.path.name}"
+        )
+        return Target(entry, desired, warning=f"{warning}; {offline}" if warning else offline)
 
     def _stale_warning(self, entry: Entry) -> str | None:
         if self.lock is None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +12,7 @@ import pytest
 import xxhash
 
 from tests.clirun import modelsync
-from tests.conftest import serve, write_manifest
+from tests.conftest import blob, serve, write_manifest
 from tests.servers import FileServer
 
 
@@ -67,3 +69,64 @@ def test_plan_says_repair_after_apply_found_a_file_corrupt_and_could_not_fetch_i
     assert code == 1 and by_name(doc, "status") == {"m.bin": "failed"}
     code, doc = doc_of("plan", manifest)
     assert by_name(doc, "action") == {"m.bin": "repair"}  # not hashed again to find out
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on: connections are refused at once."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port
+
+
+def test_offline_plan_of_entries_pinned_by_sha256_and_size(tmp_path: Path) -> None:
+    data = blob(30_000, seed=22)
+    sha256 = hashlib.sha256(data).hexdigest()
+    port = closed_port()
+    env = {
+        "HF_ENDPOINT": f"http://127.0.0.1:{port}",
+        "CIVITAI_ENDPOINT": f"http://127.0.0.1:{port}",
+    }
+    pins = {"sha256": sha256, "size": len(data)}
+    hf = {"hf": "org/sdxl", "file": "unet/model.safetensors", "dir": "unet", **pins}
+    named_civitai = {"civitai": 11, "filename": "lora.safetensors", "dir": "loras", **pins}
+    civitai = {"civitai": 12, "dir": "loras", **pins}  # its file name: only Civitai knows it
+    manifest = write_manifest(tmp_path / "models.toml", [hf, named_civitai, civitai])
+
+    code, doc = doc_of("plan", manifest, env=env)
+    assert code == 1  # the unnamed Civitai entry
+    assert by_name(doc, "action") == {
+        "model.safetensors": "download",
+        "lora.safetensors": "download",
+        "civitai-12": "download",
+    }
+    statuses = by_name(doc, "status")
+    assert statuses == {"model.safetensors": "pending", "lora.safetensors": "pending"} | {
+        "civitai-12": "failed"
+    }
+    assert "set filename" in modelsync("plan", manifest, env=env).stderr
+    assert {e["path"] for e in doc["entries"]} >= {
+        "unet/model.safetensors",
+        "loras/lora.safetensors",
+    }
+    warnings = "\n".join(doc["warnings"])
+    assert f"model.safetensors: 127.0.0.1:{port} was not reached" in warnings
+    assert f"lora.safetensors: 127.0.0.1:{port} was not reached" in warnings
+
+    # Without the unnamed entry: plan exits 0; a file in place is verified and ok, offline.
+    manifest = write_manifest(tmp_path / "models.toml", [hf, named_civitai])
+    assert doc_of("plan", manifest, env=env)[0] == 0
+    target = tmp_path / "models/unet/model.safetensors"
+    target.parent.mkdir(parents=True)
+    target.write_bytes(data)
+    code, doc = doc_of("apply", manifest, "--only", "model.safetensors", env=env)
+    assert code == 0 and by_name(doc, "status") == {"model.safetensors": "ok"}
+    code, doc = doc_of("plan", manifest, env=env)
+    assert code == 0
+    assert by_name(doc, "action") == {"model.safetensors": "ok", "lora.safetensors": "download"}
+    # A download still needs the source: apply fails that entry, naming the host.
+    code, doc = doc_of("apply", manifest, env=env)
+    assert code == 1
+    assert by_name(doc, "status") == {"model.safetensors": "ok", "lora.safetensors": "failed"}
+    (failed,) = [e for e in doc["entries"] if e["status"] == "failed"]
+    assert f"127.0.0.1:{port}" in failed["error"]

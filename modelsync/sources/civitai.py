@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, NoReturn
 from urllib.parse import parse_qs, urljoin, urlsplit
 
-from modelsync.errors import SourceError
+from modelsync.errors import SourceError, SourceUnreachable
 from modelsync.manifest import Entry
 from modelsync.redact import host_of
 from modelsync.remote import RemoteFile
@@ -300,12 +300,12 @@ def _auth_error(entry: Entry, ctx: SourceContext, ref: CivitaiRef) -> NoReturn:
 
 def _unreachable(entry: Entry, ctx: SourceContext, url: str, exc: Exception) -> NoReturn:
     reason = type(exc).__name__
-    _fail(
-        ctx,
-        f"{entry.display_name}: cannot reach {host_of(url)} ({reason})",
-        "check the network connection and proxy settings"
-        + (f", and CIVITAI_ENDPOINT ({endpoint(ctx.env)})" if endpoint(ctx.env) != CIVITAI else ""),
+    hint = "check the network connection and proxy settings" + (
+        f", and CIVITAI_ENDPOINT ({endpoint(ctx.env)})" if endpoint(ctx.env) != CIVITAI else ""
     )
+    message = f"{entry.display_name}: cannot reach {host_of(url)} ({reason})"
+    # `from None`: the requests/urllib3 exception behind it may quote URLs and headers.
+    raise SourceUnreachable(ctx.redact(message), ctx.redact(hint), host=host_of(url)) from None
 
 
 def _fail(ctx: SourceContext, message: str, hint: str) -> NoReturn:

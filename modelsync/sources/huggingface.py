@@ -24,7 +24,7 @@ from urllib.parse import unquote, urljoin, urlsplit
 # requests nobody asked for (it reads this at import, so set it before any import of it).
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
-from modelsync.errors import SourceError
+from modelsync.errors import SourceError, SourceUnreachable
 from modelsync.manifest import Entry
 from modelsync.redact import host_of
 from modelsync.remote import RemoteFile
@@ -232,11 +232,12 @@ def _metadata(
         ) from None
     except (httpx2.HTTPError, httpx2.InvalidURL, OSError) as exc:  # transport, timeouts
         reason = ctx.redact(str(exc) or type(exc).__name__)
-        raise SourceError(
+        raise SourceUnreachable(
             f"{entry.display_name}: cannot reach {host_of(hub)} to resolve {ref.repo_path}: "
             f"{reason}",
             "check the network connection and proxy settings"
             + (f", and HF_ENDPOINT ({hub})" if hub != HUB else ""),
+            host=host_of(hub),
         ) from None
 
 
