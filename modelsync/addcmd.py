@@ -14,7 +14,6 @@ so; `modelsync lock` then downloads it once and pins its sha256 in the lock.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,9 +26,12 @@ from pydantic import ValidationError
 from tomlkit.items import AoT
 
 from modelsync.atomic import write_text_atomic
-from modelsync.errors import ManifestError, ModelsyncError
+from modelsync.errors import ManifestError, ModelsyncError, SourceError
+from modelsync.lockfile import read_lock
 from modelsync.manifest import Entry, Manifest, Settings, load_manifest
-from modelsync.sources import SourceContext, resolve
+from modelsync.redact import host_of, redact_urls
+from modelsync.sources import SourceContext, civitai, resolve, source_of
+from modelsync.sources.http import bearer
 
 SOURCE_FORMS = "a URL, hf://org/repo/path/in/repo[@revision] or civitai:<version id>"
 _KEY_ORDER = (
@@ -54,10 +56,15 @@ class AddResult:
     path: str  # target relative to root
     values: dict[str, Any]  # the keys written, in order
     unpinned: bool  # no hash known: `modelsync lock` will pin it
+    notes: tuple[str, ...] = ()  # what add decided for the user (a version picked, ...)
 
 
-def parse_source(source: str) -> dict[str, Any]:
-    """SOURCE → the manifest keys of its source (url / hf+file[+revision] / civitai)."""
+def parse_source(source: str, env: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """SOURCE → the manifest keys of its source (url / hf+file[+revision] / civitai).
+
+    A Civitai model page without `?modelVersionId=` gives `{"civitai_model": ID}`: its
+    latest version is looked up by `run_add` (that needs the network).
+    """
     text = source.strip()
     if text.startswith("hf://"):
         return _parse_hf(text)
@@ -71,8 +78,28 @@ def parse_source(source: str) -> dict[str, Any]:
         return {"civitai": int(number)}
     parts = urlsplit(text)
     if parts.scheme in {"http", "https"} and parts.netloc:
+        if civitai.is_civitai_url(text, env or {}):
+            return _parse_civitai_link(text)
         return {"url": text}
     raise ModelsyncError(f"SOURCE {source!r} is not {SOURCE_FORMS}")
+
+
+def _parse_civitai_link(url: str) -> dict[str, Any]:
+    """A model page or download link → `civitai = <version id>` (what the manifest pins)."""
+    try:
+        ref = civitai.parse_civitai_url(url)
+    except ValueError as exc:
+        segments = [s for s in urlsplit(url).path.split("/") if s]
+        if segments[:1] == ["models"] and len(segments) in (2, 3) and segments[1].isdigit():
+            return {"civitai_model": int(segments[1])}  # a page without ?modelVersionId=
+        raise ModelsyncError(
+            f"SOURCE {redact_urls(url)}: {exc}",
+            "copy the link of a model version (…/models/<id>?modelVersionId=<v>) "
+            "or write civitai:<version id>",
+        ) from None
+    if ref.type or ref.format:  # a file other than the primary one: the link names it
+        return {"url": url}
+    return {"civitai": ref.version_id}
 
 
 def _parse_hf(source: str) -> dict[str, Any]:
@@ -104,24 +131,43 @@ def run_add(
     text = _read(path)
     existing = _existing(path, text)
     values: dict[str, Any] = {"name": name} if name else {}
-    values |= parse_source(source)
+    values |= parse_source(source, env)
     values["dir"] = dir
-    entry = _validate(values)
     settings = existing.settings if existing else _settings_of(text)
-    remote = resolve(entry, SourceContext(settings, env))  # SourceError: exit 1, no write
-    if entry.url is not None and remote.filename != entry.default_filename:
-        values["filename"] = remote.filename  # a download link that does not show it
-    if remote.size is not None and remote.size_is_exact:
-        values["size"] = remote.size  # Civitai's size is approximate: never a pin
-    if remote.sha256:
-        values["sha256"] = remote.sha256
-    if remote.xxh3_128:
-        values["xxh3_128"] = remote.xxh3_128
-    entry = _validate(values)
-    relpath = entry.relpath(entry.filename or remote.filename)
-    assert relpath is not None
-    if existing:
-        _refuse_duplicates(existing, entry, relpath)
+    ctx = SourceContext(settings, env)
+    notes: list[str] = []
+    try:
+        if "civitai_model" in values:
+            model_id = values.pop("civitai_model")
+            _validate(values | {"civitai": model_id})  # --dir and --name, before asking
+            version, note = _latest_version(model_id, ctx)
+            values["civitai"] = version
+            notes.append(note)
+        entry = _validate(values)
+        if existing:
+            _refuse_same_source_or_name(existing, entry)
+        remote = resolve(entry, ctx)  # SourceError: exit 1, no write
+        if entry.url is not None and remote.filename != entry.default_filename:
+            values["filename"] = remote.filename  # a download link that does not show it
+        if remote.size is not None and remote.size_is_exact:
+            values["size"] = remote.size  # Civitai's size is approximate: never a pin
+        if remote.sha256:
+            values["sha256"] = remote.sha256
+        if remote.xxh3_128:
+            values["xxh3_128"] = remote.xxh3_128
+        entry = _validate(values)
+        relpath = entry.relpath(entry.filename or remote.filename)
+        assert relpath is not None
+        if existing:
+            _refuse_same_path(existing, entry, relpath, ctx)
+        if source_of(entry, env) == "url" and "size" not in values:
+            size, unknown = _published_size(entry.url or "", ctx)
+            if size is not None:
+                values["size"] = size
+            if unknown:
+                notes.append(unknown)
+    finally:
+        ctx.close()
     ordered = {k: values[k] for k in _KEY_ORDER if k in values}
     new_text = _appended(text, ordered)
 
@@ -132,7 +178,74 @@ def run_add(
             raise ManifestError(str(path), exc.problems) from None
 
     write_text_atomic(path, new_text, check)
-    return AddResult(path, entry.display_name, relpath, ordered, not entry_pinned(entry))
+    entry = _validate(values)
+    return AddResult(
+        path, entry.display_name, relpath, ordered, not entry_pinned(entry), tuple(notes)
+    )
+
+
+def _latest_version(model_id: int, ctx: SourceContext) -> tuple[int, str]:
+    """The latest version of a Civitai model: the first of `modelVersions` in
+    `GET /api/v1/models/{id}` (the API lists them newest first)."""
+    import requests
+
+    api = f"{civitai.endpoint(ctx.env)}/api/v1/models/{model_id}"
+    hint = (
+        "open the model page, pick a version and copy its link (it ends in "
+        "?modelVersionId=<v>), or write civitai:<version id>"
+    )
+    try:
+        with ctx.session.get(
+            api,
+            headers={"Accept": "application/json", **dict(bearer(civitai.token(ctx.env)))},
+            timeout=ctx.timeout,
+        ) as response:
+            status = response.status_code
+            doc = response.json() if status == 200 else None
+    except (requests.RequestException, ValueError) as exc:
+        raise SourceError(
+            ctx.redact(
+                f"cannot ask {host_of(api)} for the versions of model {model_id}: "
+                f"{type(exc).__name__}"
+            ),
+            hint,
+        ) from None
+    versions = doc.get("modelVersions") if isinstance(doc, dict) else None
+    first = versions[0] if isinstance(versions, list) and versions else None
+    first = first if isinstance(first, dict) else {}
+    version = first.get("id")
+    if status == 404:
+        raise SourceError(f"{host_of(api)} has no model {model_id}", hint)
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise SourceError(
+            f"{host_of(api)} answered {status} without a version for model {model_id}", hint
+        )
+    label = f" ({first['name']})" if isinstance(first.get("name"), str) else ""
+    note = (
+        f"the link names model {model_id} but no version: added its latest version, "
+        f"{version}{label} (civitai = {version})"
+    )
+    return version, note
+
+
+def _published_size(url: str, ctx: SourceContext) -> tuple[int | None, str | None]:
+    """The size a plain URL's server announces to one HEAD (redirects followed; no token
+    is ever sent: plain URLs get none). None, and a note, when it does not say."""
+    import requests
+
+    where = redact_urls(url)
+    try:
+        with ctx.session.head(url, allow_redirects=True, timeout=ctx.timeout) as response:
+            status = response.status_code
+            length = response.headers.get("Content-Length", "")
+            encoded = response.headers.get("Content-Encoding", "identity").lower()
+    except requests.RequestException as exc:
+        return None, f"size unknown: HEAD {where} failed ({type(exc).__name__})"
+    if status != 200:
+        return None, f"size unknown: HEAD {where} answered {status}"
+    if encoded not in ("", "identity") or not length.isdigit():
+        return None, None  # compressed in transit, or not announced: no exact size
+    return int(length), None
 
 
 def entry_pinned(entry: Entry) -> bool:
@@ -187,12 +300,16 @@ def _validate(values: dict[str, Any]) -> Entry:
         raise ModelsyncError(f"cannot add this entry: {'; '.join(problems)}") from None
 
 
-def _refuse_duplicates(manifest: Manifest, entry: Entry, relpath: str) -> None:
+def _label(manifest: Manifest, i: int, other: Entry) -> str:
+    return f"{manifest.path.name}: models[{i}] ({other.display_name})"
+
+
+def _refuse_same_source_or_name(manifest: Manifest, entry: Entry) -> None:
     def source_key(e: Entry) -> tuple[object, ...]:
         return (e.url, e.hf, e.file, (e.revision or "main") if e.hf else None, e.civitai)
 
     for i, other in enumerate(manifest.models):
-        label = f"{manifest.path.name}: models[{i}] ({other.display_name})"
+        label = _label(manifest, i, other)
         if source_key(other) == source_key(entry):
             raise ModelsyncError(f"{label} already has this source; nothing was added")
         if other.display_name == entry.display_name:
@@ -200,12 +317,45 @@ def _refuse_duplicates(manifest: Manifest, entry: Entry, relpath: str) -> None:
                 f"{label} already uses the name {entry.display_name!r}; nothing was added",
                 "pass --name to give the new entry another name",
             )
-        other_path = other.relpath()
-        if other_path is not None and os.path.normcase(other_path) == os.path.normcase(relpath):
-            raise ModelsyncError(
-                f"{label} already downloads to {relpath!r}; nothing was added",
-                "pass another --dir",
-            )
+
+
+def _refuse_same_path(manifest: Manifest, entry: Entry, relpath: str, ctx: SourceContext) -> None:
+    """No two entries may download to one path, on a case-insensitive file system too
+    (the manifest is shared between machines)."""
+    for i, other in enumerate(manifest.models):
+        other_path = _path_of(manifest, other, entry, ctx)
+        if other_path is None or other_path.casefold() != relpath.casefold():
+            continue
+        same = (
+            "" if other_path == relpath else f" (the new entry's {relpath!r} differs in case only)"
+        )
+        raise ModelsyncError(
+            f"{_label(manifest, i, other)} already downloads to {other_path!r}{same}; "
+            "nothing was added",
+            "pass another --dir",
+        )
+
+
+def _path_of(manifest: Manifest, other: Entry, new: Entry, ctx: SourceContext) -> str | None:
+    """Where `other` downloads to. A Civitai entry without `filename` names its file only
+    through the API: the lock knows it, else it is resolved (only when it shares a folder
+    with the new entry, the one case where it can collide)."""
+    known = other.relpath()
+    if known is not None:
+        return known
+    if (other.dir or "").casefold() != (new.dir or "").casefold():
+        return None
+    try:
+        lock = read_lock(manifest.lock_path)
+    except ModelsyncError:
+        lock = None  # a broken lock is for `lock` to report; resolve instead
+    locked = lock.current(other) if lock else None
+    if locked is not None:
+        return locked.path
+    try:
+        return other.relpath(resolve(other, ctx).filename)
+    except ModelsyncError:
+        return None  # unreachable now: `plan` reports a clash once it resolves
 
 
 def _appended(text: str, values: dict[str, Any]) -> str:

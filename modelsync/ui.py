@@ -422,6 +422,8 @@ def print_added(result: AddResult) -> None:
         f"[green]added[/] {escape(result.name)} -> {escape(result.path)}{suffix} "
         f"to {escape(str(result.manifest))}"
     )
+    for note in result.notes:
+        err_console.print(f"[yellow]note:[/] {escape(note)}")
     if result.unpinned:
         err_console.print(
             "[yellow]warning:[/] the source publishes no hash, so the entry is unpinned; "

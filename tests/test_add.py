@@ -89,9 +89,9 @@ def test_add_hf_civitai_and_url_appends_entries_and_keeps_the_text_byte_for_byte
     run = modelsync("add", manifest, f.url, "--dir", "upscale_models", env=env)
     assert run.code == 0, run.stderr
     assert manifest.read_text().startswith(text)
-    assert added_entry(manifest) == {"url": f.url, "dir": "upscale_models"}
+    assert added_entry(manifest) == {"url": f.url, "dir": "upscale_models", "size": 2000}
     assert "unpinned" in run.stderr and "modelsync lock" in run.stderr
-    assert fileserver.requests == []  # add never downloads
+    assert [r.method for r in fileserver.requests] == ["HEAD"]  # add never downloads
 
     loaded = load_manifest(manifest)
     assert [e.display_name for e in loaded.models] == [
@@ -105,7 +105,7 @@ def test_a_url_added_unpinned_is_pinned_by_lock(tmp_path: Path, fileserver: File
     manifest = tmp_path / "models.toml"  # `add` starts a manifest that does not exist yet
     run = modelsync("add", manifest, f.url, "--dir", "misc", cwd=tmp_path)
     assert run.code == 0, run.stderr
-    assert manifest.read_text() == f'[[models]]\nurl = "{f.url}"\ndir = "misc"\n'
+    assert manifest.read_text() == f'[[models]]\nurl = "{f.url}"\ndir = "misc"\nsize = 3000\n'
     assert modelsync("apply", manifest, "--locked", cwd=tmp_path).code == 2  # unpinned, no lock
     assert modelsync("lock", manifest, cwd=tmp_path).code == 0
     run = modelsync("apply", manifest, "--locked", cwd=tmp_path)
@@ -141,6 +141,7 @@ def test_add_refuses_duplicates_and_leaves_the_manifest_alone(
         ("hf://org/repo/file.bin@", "expected hf://org/repo/path"),
         ("civitai:abc", "model *version* id"),
         ("civitai:0", "model *version* id"),
+        ("https://civitai.com/images/5", "not a model version or download link"),
     ],
 )
 def test_add_rejects_a_malformed_source_with_exit_2(manifest: Path, source: str, says: str) -> None:
@@ -200,7 +201,123 @@ def test_a_source_that_cannot_be_resolved_exits_1_and_writes_nothing(
         ),
         ("civitai:128713", {"civitai": 128713}),
         ("https://h.example/a.bin?x=1", {"url": "https://h.example/a.bin?x=1"}),
+        ("https://civitai.com/models/7/x?modelVersionId=9", {"civitai": 9}),
+        ("https://www.civitai.com/api/download/models/9", {"civitai": 9}),
+        ("https://civitai.com/models/7", {"civitai_model": 7}),  # its latest version, later
+        (  # another file than the primary one: the link says which
+            "https://civitai.com/api/download/models/9?type=Config",
+            {"url": "https://civitai.com/api/download/models/9?type=Config"},
+        ),
     ],
 )
 def test_parse_source(source: str, expected: dict[str, Any]) -> None:
     assert parse_source(source) == expected
+
+
+# ---- paths, Civitai links and sizes (issue 7) ------------------------------------------------
+
+
+@pytest.mark.parametrize("locked", [False, True], ids=["resolved", "from-lock"])
+def test_add_refuses_the_path_a_civitai_entry_without_filename_downloads_to(
+    tmp_path: Path, civitai: FakeCivitai, fileserver: FileServer, locked: bool
+) -> None:
+    civitai.add_version(128713, files=[("detail.safetensors", blob(1000, seed=5))])
+    manifest = tmp_path / "models.toml"
+    manifest.write_text('[[models]]\ncivitai = 128713\ndir = "loras"\n')
+    env = {"CIVITAI_ENDPOINT": civitai.url}
+    if locked:
+        assert modelsync("lock", manifest, env=env).code == 0
+        civitai.reset_log()
+    before = manifest.read_text()
+    f = serve(fileserver, "/other/detail.safetensors", 500, seed=6)
+
+    run = modelsync("add", manifest, f.url, "--dir", "loras", "--name", "other", env=env)
+    assert run.code == 2, run.stderr
+    assert "models[0] (civitai-128713)" in run.stderr
+    assert "'loras/detail.safetensors'" in run.stderr and "nothing was added" in run.stderr
+    assert manifest.read_text() == before
+    assert fileserver.requests == []  # refused before asking for the size
+    if locked:
+        assert civitai.requests == []  # the lock knew the path
+
+
+def test_add_refuses_a_path_that_differs_only_in_case(manifest: Path) -> None:
+    source = "https://example.invalid/x/SDXL.VAE.safetensors"
+    run = modelsync("add", manifest, source, "--dir", "VAE", "--name", "v3")
+    assert run.code == 2, run.stderr
+    assert "models[1] (sdxl.vae.safetensors) already downloads to 'vae/sdxl.vae.safetensors'" in (
+        run.stderr
+    )
+    assert "'VAE/SDXL.VAE.safetensors' differs in case only" in run.stderr
+    assert manifest.read_text() == ORIGINAL
+
+
+@pytest.mark.parametrize(
+    "link",
+    [
+        "{api}/models/4201?modelVersionId=128713",
+        "{api}/models/4201/detail-tweaker-lora?modelVersionId=128713",
+        "https://civitai.com/models/4201/detail-tweaker-lora?modelVersionId=128713",
+        "https://civitai.com/api/download/models/128713",
+    ],
+    ids=["page", "page-with-slug", "civitai.com", "download-link"],
+)
+def test_add_turns_a_civitai_link_into_its_version_id(
+    tmp_path: Path, civitai: FakeCivitai, link: str
+) -> None:
+    lora = blob(4000, seed=2)
+    civitai.add_version(128713, files=[("detail-tweaker.safetensors", lora)], model_id=4201)
+    manifest = tmp_path / "models.toml"
+    env = {"CIVITAI_ENDPOINT": civitai.url}
+    run = modelsync("add", manifest, link.format(api=civitai.url), "--dir", "loras", env=env)
+    assert run.code == 0, run.stderr
+    assert added_entry(manifest) == {
+        "civitai": 128713,
+        "dir": "loras",
+        "sha256": hashlib.sha256(lora).hexdigest(),
+    }
+    assert civitai.cdn.requests == []
+
+
+def test_add_picks_the_latest_version_of_a_civitai_model_page_without_one(
+    tmp_path: Path, civitai: FakeCivitai
+) -> None:
+    civitai.add_version(100, files=[("old.safetensors", blob(100, seed=7))], model_id=42)
+    new = blob(200, seed=8)
+    civitai.add_version(200, files=[("new.safetensors", new)], model_id=42, name="v2.0")
+    manifest = tmp_path / "models.toml"
+    env = {"CIVITAI_ENDPOINT": civitai.url}
+    run = modelsync("add", manifest, f"{civitai.url}/models/42/some-name", "--dir", "l", env=env)
+    assert run.code == 0, run.stderr
+    assert added_entry(manifest) == {
+        "civitai": 200,
+        "dir": "l",
+        "sha256": hashlib.sha256(new).hexdigest(),
+    }
+    assert "latest version, 200 (v2.0)" in run.stderr
+
+    run = modelsync("add", manifest, f"{civitai.url}/models/43", "--dir", "l", env=env)
+    assert run.code == 1 and "has no model 43" in run.stderr and "modelVersionId" in run.stderr
+
+
+def test_add_records_the_size_a_plain_url_announces_after_redirects(
+    tmp_path: Path, fileserver: FileServer
+) -> None:
+    data = blob(5000, seed=9)
+    with FileServer(url_host="localhost") as other:
+        target = other.add_bytes("/files/model.safetensors", data)
+        fileserver.set_faults("/go/model.safetensors", redirect=target)
+        link = fileserver.url_for("/go/model.safetensors")
+        manifest = tmp_path / "models.toml"
+        env = {"HF_TOKEN": "hf_addSecretToken", "CIVITAI_TOKEN": "civ_addSecretToken"}
+        run = modelsync("add", manifest, link, "--dir", "x", env=env)
+        assert run.code == 0, run.stderr
+        assert added_entry(manifest) == {"url": link, "dir": "x", "size": 5000}
+        assert [r.method for r in other.requests] == ["HEAD"]
+        assert not any("authorization" in r.headers for r in other.requests)
+
+    missing = fileserver.url_for("/missing.bin")
+    run = modelsync("add", manifest, missing, "--dir", "x")
+    assert run.code == 0, run.stderr  # the URL may work elsewhere: added, without a size
+    assert added_entry(manifest) == {"url": missing, "dir": "x"}
+    assert "size unknown" in run.stderr and "answered 404" in run.stderr

@@ -6,6 +6,8 @@ API on `http://127.0.0.1:<port>`, CDN (a signed-URL FileServer) on `http://local
         civ.add_version(128713, files=[("lora.safetensors", data, True)], requires_auth=True)
         civ.token = "civ_testtoken"    # accepted as `Authorization: Bearer` or `?token=`
         # GET {civ.url}/api/v1/model-versions/128713 -> JSON; downloadUrl -> 307 to the CDN
+        # GET {civ.url}/api/v1/models/<model id> -> the model, versions newest (last added) first
+        # GET {civ.url}/api/v1/me -> the caller with a valid token, else 401
 
 Without a valid token, a version that `requires_auth` answers per `auth_failure`:
 "login-redirect" (the real site: 307 to /login, an HTML page with status 200), "html"
@@ -42,6 +44,7 @@ _FORMATS = {
 }
 _VERSION = re.compile(r"/api/v1/model-versions/(\d+)")
 _DOWNLOAD = re.compile(r"/api/download/models/(\d+)")
+_MODEL = re.compile(r"/api/v1/models/(\d+)")
 LOGIN_PAGE = (
     b'<!DOCTYPE html><html lang="en"><head><title>Sign In | Civitai</title></head>'
     b'<body><div id="__next"><h1>Sign in to Civitai</h1><p>You need to be logged in to '
@@ -163,6 +166,10 @@ class FakeCivitai(BaseServer):
                 self._json(h, rec, 404, {"error": f"No model version with id {m[1]}"})
             else:
                 self._json(h, rec, 200, self.version_json(version))
+        elif m := _MODEL.fullmatch(rec.path):
+            self._model(h, rec, int(m[1]))
+        elif rec.path == "/api/v1/me":
+            self._me(h, rec)
         elif m := _DOWNLOAD.fullmatch(rec.path):
             self._download(h, rec, int(m[1]))
         elif rec.path == "/login":
@@ -173,6 +180,38 @@ class FakeCivitai(BaseServer):
     def _json(self, h: Handler, rec: RequestRecord, status: int, obj: Any) -> None:
         body = json.dumps(obj).encode()
         self.reply(h, rec, status, body, content_type="application/json; charset=utf-8")
+
+    def _model(self, h: Handler, rec: RequestRecord, model_id: int) -> None:
+        """`GET /api/v1/models/{id}`: the model with its versions, newest (last added) first."""
+        versions = [v for v in self.versions.values() if v.model_id == model_id][::-1]
+        if not versions:
+            self._json(h, rec, 404, {"error": f"No model with id {model_id}"})
+            return
+        first = versions[0]
+        self._json(
+            h,
+            rec,
+            200,
+            {
+                "id": model_id,
+                "name": first.model_name,
+                "type": first.model_type,
+                "nsfw": False,
+                "creator": {"username": "tester"},
+                "modelVersions": [
+                    {key: value for key, value in self.version_json(v).items() if key != "model"}
+                    for v in versions
+                ],
+            },
+        )
+
+    def _me(self, h: Handler, rec: RequestRecord) -> None:
+        """`GET /api/v1/me`: the caller; 401 for a missing or wrong token (as the real API)."""
+        if not self._authorized(rec):
+            self._json(h, rec, 401, {"error": "Unauthorized"})
+            return
+        me = {"id": 12345, "username": "tester", "tier": "free", "status": "active"}
+        self._json(h, rec, 200, me | {"isMember": False, "subscriptions": []})
 
     def _authorized(self, rec: RequestRecord) -> bool:
         bearer = rec.headers.get("authorization", "").removeprefix("Bearer ").strip()
