@@ -145,7 +145,7 @@ def run_add(
             notes.append(note)
         entry = _validate(values)
         if existing:
-            _refuse_same_source_or_name(existing, entry)
+            _refuse_same_source_or_name(existing, entry, env)
         remote = resolve(entry, ctx)  # SourceError: exit 1, no write
         if entry.url is not None and remote.filename != entry.default_filename:
             values["filename"] = remote.filename  # a download link that does not show it
@@ -304,8 +304,16 @@ def _label(manifest: Manifest, i: int, other: Entry) -> str:
     return f"{manifest.path.name}: models[{i}] ({other.display_name})"
 
 
-def _refuse_same_source_or_name(manifest: Manifest, entry: Entry) -> None:
+def _refuse_same_source_or_name(manifest: Manifest, entry: Entry, env: Mapping[str, str]) -> None:
     def source_key(e: Entry) -> tuple[object, ...]:
+        if e.url is not None and source_of(e, env) == "civitai":  # a link written by hand
+            try:
+                ref = civitai.parse_civitai_url(e.url)
+            except ValueError:
+                pass
+            else:
+                if not (ref.type or ref.format):
+                    return (None, None, e.file, None, ref.version_id)
         return (e.url, e.hf, e.file, (e.revision or "main") if e.hf else None, e.civitai)
 
     for i, other in enumerate(manifest.models):
@@ -337,12 +345,11 @@ def _refuse_same_path(manifest: Manifest, entry: Entry, relpath: str, ctx: Sourc
 
 
 def _path_of(manifest: Manifest, other: Entry, new: Entry, ctx: SourceContext) -> str | None:
-    """Where `other` downloads to. A Civitai entry without `filename` names its file only
-    through the API: the lock knows it, else it is resolved (only when it shares a folder
-    with the new entry, the one case where it can collide)."""
-    known = other.relpath()
-    if known is not None:
-        return known
+    """Where `other` downloads to. A Civitai entry (or link) without `filename` names its
+    file only through the API: the lock knows it, else it is resolved (only when it shares
+    a folder with the new entry, the one case where it can collide)."""
+    if other.filename is not None or source_of(other, ctx.env) != "civitai":
+        return other.relpath()
     if (other.dir or "").casefold() != (new.dir or "").casefold():
         return None
     try:

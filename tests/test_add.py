@@ -217,13 +217,18 @@ def test_parse_source(source: str, expected: dict[str, Any]) -> None:
 # ---- paths, Civitai links and sizes (issue 7) ------------------------------------------------
 
 
-@pytest.mark.parametrize("locked", [False, True], ids=["resolved", "from-lock"])
+@pytest.mark.parametrize(
+    ("source", "locked"),
+    [("civitai = 128713", False), ("civitai = 128713", True), ("url = '{api}'", False)],
+    ids=["resolved", "from-lock", "download-link"],
+)
 def test_add_refuses_the_path_a_civitai_entry_without_filename_downloads_to(
-    tmp_path: Path, civitai: FakeCivitai, fileserver: FileServer, locked: bool
+    tmp_path: Path, civitai: FakeCivitai, fileserver: FileServer, source: str, locked: bool
 ) -> None:
     civitai.add_version(128713, files=[("detail.safetensors", blob(1000, seed=5))])
     manifest = tmp_path / "models.toml"
-    manifest.write_text('[[models]]\ncivitai = 128713\ndir = "loras"\n')
+    source = source.format(api=civitai.download_url(128713))
+    manifest.write_text(f'[[models]]\nname = "detail"\n{source}\ndir = "loras"\n')
     env = {"CIVITAI_ENDPOINT": civitai.url}
     if locked:
         assert modelsync("lock", manifest, env=env).code == 0
@@ -233,7 +238,7 @@ def test_add_refuses_the_path_a_civitai_entry_without_filename_downloads_to(
 
     run = modelsync("add", manifest, f.url, "--dir", "loras", "--name", "other", env=env)
     assert run.code == 2, run.stderr
-    assert "models[0] (civitai-128713)" in run.stderr
+    assert "models[0] (detail)" in run.stderr
     assert "'loras/detail.safetensors'" in run.stderr and "nothing was added" in run.stderr
     assert manifest.read_text() == before
     assert fileserver.requests == []  # refused before asking for the size
@@ -321,3 +326,15 @@ def test_add_records_the_size_a_plain_url_announces_after_redirects(
     assert run.code == 0, run.stderr  # the URL may work elsewhere: added, without a size
     assert added_entry(manifest) == {"url": missing, "dir": "x"}
     assert "size unknown" in run.stderr and "answered 404" in run.stderr
+
+
+def test_add_sees_a_civitai_version_written_as_a_link(tmp_path: Path, civitai: FakeCivitai) -> None:
+    civitai.add_version(128713, files=[("detail.safetensors", blob(1000, seed=5))])
+    manifest = tmp_path / "models.toml"
+    manifest.write_text(f'[[models]]\nurl = "{civitai.download_url(128713)}"\ndir = "a"\n')
+    before = manifest.read_text()
+    env = {"CIVITAI_ENDPOINT": civitai.url}
+    run = modelsync("add", manifest, "civitai:128713", "--dir", "b", env=env)
+    assert run.code == 2, run.stderr
+    assert "models[0] (128713) already has this source" in run.stderr
+    assert manifest.read_text() == before
