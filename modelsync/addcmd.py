@@ -9,7 +9,12 @@ for byte: the new table is added at the end, its values rendered by tomlkit, and
 must load with `load_manifest` before it atomically replaces the file.
 
 A plain URL publishes no hash: the entry is added unpinned and `AddResult.unpinned` says
-so; `modelsync lock` then downloads it once and pins its sha256 in the lock.
+so; `modelsync lock` then downloads it once and pins its sha256 in the lock. Its size comes
+from one HEAD request. Civitai links (model pages, download links) become
+`civitai = <version id>`; a model page without a version gets the model's latest one.
+
+Nothing is written when the new entry would share a source, a name or a path (compared
+case-insensitively) with an entry already in the manifest.
 """
 
 from __future__ import annotations
@@ -133,39 +138,9 @@ def run_add(
     values: dict[str, Any] = {"name": name} if name else {}
     values |= parse_source(source, env)
     values["dir"] = dir
-    settings = existing.settings if existing else _settings_of(text)
-    ctx = SourceContext(settings, env)
-    notes: list[str] = []
+    ctx = SourceContext(existing.settings if existing else _settings_of(text), env)
     try:
-        if "civitai_model" in values:
-            model_id = values.pop("civitai_model")
-            _validate(values | {"civitai": model_id})  # --dir and --name, before asking
-            version, note = _latest_version(model_id, ctx)
-            values["civitai"] = version
-            notes.append(note)
-        entry = _validate(values)
-        if existing:
-            _refuse_same_source_or_name(existing, entry, env)
-        remote = resolve(entry, ctx)  # SourceError: exit 1, no write
-        if entry.url is not None and remote.filename != entry.default_filename:
-            values["filename"] = remote.filename  # a download link that does not show it
-        if remote.size is not None and remote.size_is_exact:
-            values["size"] = remote.size  # Civitai's size is approximate: never a pin
-        if remote.sha256:
-            values["sha256"] = remote.sha256
-        if remote.xxh3_128:
-            values["xxh3_128"] = remote.xxh3_128
-        entry = _validate(values)
-        relpath = entry.relpath(entry.filename or remote.filename)
-        assert relpath is not None
-        if existing:
-            _refuse_same_path(existing, entry, relpath, ctx)
-        if source_of(entry, env) == "url" and "size" not in values:
-            size, unknown = _published_size(entry.url or "", ctx)
-            if size is not None:
-                values["size"] = size
-            if unknown:
-                notes.append(unknown)
+        entry, relpath, notes = _complete(values, existing, ctx)
     finally:
         ctx.close()
     ordered = {k: values[k] for k in _KEY_ORDER if k in values}
@@ -178,10 +153,45 @@ def run_add(
             raise ManifestError(str(path), exc.problems) from None
 
     write_text_atomic(path, new_text, check)
+    return AddResult(path, entry.display_name, relpath, ordered, not entry_pinned(entry), notes)
+
+
+def _complete(
+    values: dict[str, Any], existing: Manifest | None, ctx: SourceContext
+) -> tuple[Entry, str, tuple[str, ...]]:
+    """Fill `values` in place with what the source publishes; refuse clashes first.
+
+    Returns the entry, its path under root, and notes for the user.
+    """
+    notes: list[str] = []
+    if "civitai_model" in values:
+        model_id = values.pop("civitai_model")
+        _validate(values | {"civitai": model_id})  # --dir and --name, before asking
+        values["civitai"], note = _latest_version(model_id, ctx)
+        notes.append(note)
     entry = _validate(values)
-    return AddResult(
-        path, entry.display_name, relpath, ordered, not entry_pinned(entry), tuple(notes)
-    )
+    if existing:
+        _refuse_same_source_or_name(existing, entry, ctx.env)
+    remote = resolve(entry, ctx)  # SourceError: exit 1, no write
+    if entry.url is not None and remote.filename != entry.default_filename:
+        values["filename"] = remote.filename  # a download link that does not show it
+    if remote.size is not None and remote.size_is_exact:
+        values["size"] = remote.size  # Civitai's size is approximate: never a pin
+    if remote.sha256:
+        values["sha256"] = remote.sha256
+    if remote.xxh3_128:
+        values["xxh3_128"] = remote.xxh3_128
+    entry = _validate(values)
+    relpath = entry.relpath(entry.filename or remote.filename)
+    assert relpath is not None
+    if existing:
+        _refuse_same_path(existing, entry, relpath, ctx)  # before the HEAD below
+    if source_of(entry, ctx.env) == "url" and "size" not in values:
+        size, unknown = _published_size(entry.url or "", ctx)
+        if size is not None:
+            values["size"] = size
+        notes += [unknown] if unknown else []
+    return entry, relpath, tuple(notes)
 
 
 def _latest_version(model_id: int, ctx: SourceContext) -> tuple[int, str]:
