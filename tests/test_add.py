@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import threading
 import tomllib
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -338,3 +340,31 @@ def test_add_sees_a_civitai_version_written_as_a_link(tmp_path: Path, civitai: F
     assert run.code == 2, run.stderr
     assert "models[0] (128713) already has this source" in run.stderr
     assert manifest.read_text() == before
+
+
+class _Gzipped(BaseHTTPRequestHandler):
+    """Announces the length of a compressed body: not the file's size."""
+
+    def do_HEAD(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Encoding", "gzip")
+        self.send_header("Content-Length", "123")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def test_add_writes_no_size_for_a_compressed_response(tmp_path: Path) -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Gzipped)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        link = f"http://127.0.0.1:{server.server_address[1]}/model.safetensors"
+        manifest = tmp_path / "models.toml"
+        run = modelsync("add", manifest, link, "--dir", "x")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert run.code == 0, run.stderr
+    assert added_entry(manifest) == {"url": link, "dir": "x"}
