@@ -8,17 +8,20 @@ from pathlib import Path
 
 from modelsync.hashing import FileHashes, hash_files
 from modelsync.orphan import wait_for_orphan_daemon
-from modelsync.reconcile import ActionKind, Plan, hash_mismatches
+from modelsync.reconcile import LEARNED_CHANGED, ActionKind, Learned, Plan, hash_mismatches, judged
+from modelsync.remote import Desired
 from modelsync.results import EntryResult, Report, Status, free_bytes
 from modelsync.state import StateDB
 from modelsync.workspace import Target, Workspace
 
+UNPINNED_HINT = "no hash pinned: run `modelsync lock` to pin it"
+
 
 def unpinned_warnings(targets: list[Target]) -> list[str]:
-    """Entries that cannot be checked, and entries the lock no longer covers."""
+    """Entries that cannot be fully checked, and entries the lock no longer covers."""
     return [t.warning for t in targets if t.warning] + [
-        f"{t.name}: no sha256 or xxh3_128 pinned; the file cannot be checked "
-        "(add a hash, or run `modelsync lock`)"
+        f"{t.name}: no sha256 or xxh3_128 pinned; the file is only checked against the "
+        "hashes of modelsync's own download of it (add a hash, or run `modelsync lock`)"
         for t in targets
         if t.desired is not None and not t.desired.pinned
     ]
@@ -39,10 +42,11 @@ def plan_report(ws: Workspace, targets: list[Target], plan: Plan, started: float
     for action in plan.actions:
         d = action.desired
         status = Status.OK if action.kind is ActionKind.OK else Status.PENDING
+        detail = action.reason
+        if status is Status.OK and not d.pinned:  # in place, but nothing vouches for it
+            status, detail = Status.UNPINNED, UNPINNED_HINT
         size = d.size if d.size is not None else (action.local_size or d.estimated_size)
-        entries.append(
-            EntryResult(d.name, d.path, action.kind.value, status, size, detail=action.reason)
-        )
+        entries.append(EntryResult(d.name, d.path, action.kind.value, status, size, detail=detail))
     order = {t.name: i for i, t in enumerate(targets)}
     entries.sort(key=lambda e: order[e.name])
     return Report(
@@ -72,6 +76,27 @@ def _fast_verifiable(t: Target) -> bool:
     return t.desired is not None and bool(t.desired.sha256 and t.desired.xxh3_128)
 
 
+def _expected(ws: Workspace, targets: list[Target]) -> dict[str, Desired]:
+    """What each resolved entry's file is judged against: its pins, or else the pin
+    learned when apply downloaded it unpinned (the same object when that changes nothing)."""
+    unpinned = [t.desired.path for t in targets if t.desired and not t.desired.pinned]
+    pins = {}
+    if unpinned:
+        with StateDB.open(ws.root, create=False) as state:
+            pins = state.learned_pins(unpinned)
+    out = {}
+    for t in targets:
+        if t.desired is not None:
+            pin = pins.get(t.desired.path)
+            learned = Learned(pin.size, pin.sha256, pin.xxh3_128) if pin else None
+            out[t.name] = judged(t.desired, learned)
+    return out
+
+
+def _learned_prefix(t: Target, judged_by: Desired) -> str:
+    return f"{LEARNED_CHANGED}: " if judged_by is not t.desired else ""
+
+
 def _xxh3_differs(outcome: FileHashes | OSError, t: Target) -> bool:
     return isinstance(outcome, FileHashes) and (
         t.desired is None or outcome.xxh3_128 != t.desired.xxh3_128
@@ -90,10 +115,11 @@ def run_verify(ws: Workspace, *, strict: bool = False) -> Report:
     entries = failed_targets(targets, "verify")
     to_hash: dict[Path, tuple[Target, os.stat_result]] = {}
     results: dict[str, EntryResult] = {}
+    expected = _expected(ws, targets)  # unpinned entries: against their learned pins
     for t in targets:
         if t.desired is None:
             continue
-        d = t.desired
+        d = expected[t.name]
         path = ws.layout.target(d.path)
         try:
             st = os.stat(path)
@@ -101,7 +127,7 @@ def run_verify(ws: Workspace, *, strict: bool = False) -> Report:
             results[t.name] = EntryResult(t.name, d.path, "verify", Status.MISSING, d.size)
             continue
         if d.size is not None and st.st_size != d.size:
-            error = f"size {st.st_size}, expected {d.size}"
+            error = _learned_prefix(t, d) + f"size {st.st_size}, expected {d.size}"
             results[t.name] = EntryResult(
                 t.name, d.path, "verify", Status.CORRUPT, st.st_size, error=error
             )
@@ -118,8 +144,7 @@ def run_verify(ws: Workspace, *, strict: bool = False) -> Report:
     # Nothing present: open no database, so verify of an empty root creates nothing.
     with StateDB.open(ws.root, create=bool(to_hash)) as state:
         for path, (t, st) in to_hash.items():
-            assert t.desired is not None
-            d = t.desired
+            d = expected[t.name]
             outcome = hashed[path]
             if not isinstance(outcome, FileHashes):
                 results[t.name] = EntryResult(
@@ -138,11 +163,16 @@ def run_verify(ws: Workspace, *, strict: bool = False) -> Report:
             # The cache states what the file holds, right or wrong: a mismatch stays known.
             state.record(d.path, st, outcome)
             if wrong:
+                error = _learned_prefix(t, d) + "; ".join(wrong)
                 results[t.name] = EntryResult(
-                    t.name, d.path, "verify", Status.CORRUPT, st.st_size, error="; ".join(wrong)
+                    t.name, d.path, "verify", Status.CORRUPT, st.st_size, error=error
                 )
-            else:
+            elif d is t.desired and d.pinned:
                 results[t.name] = EntryResult(t.name, d.path, "verify", Status.OK, st.st_size)
+            else:  # matches its learned pin, or was never downloaded by modelsync
+                results[t.name] = EntryResult(
+                    t.name, d.path, "verify", Status.UNPINNED, st.st_size, detail=UNPINNED_HINT
+                )
     entries += [results[t.name] for t in targets if t.name in results]
     return Report(
         command="verify",

@@ -434,8 +434,10 @@ class Executor:
         except OSError as exc:
             self._fail(job, f"{type(exc).__name__}: {exc.strerror or exc}")
             return
-        if isinstance(outcome, Hashed):  # a verify in place
-            wrong = hash_mismatches(d, outcome.hashes.sha256, outcome.hashes.xxh3_128)
+        if isinstance(outcome, Hashed):  # a verify in place, against a learned pin too
+            wrong = hash_mismatches(
+                job.action.expected, outcome.hashes.sha256, outcome.hashes.xxh3_128
+            )
             if not wrong:
                 self.state.record(d.path, outcome.stat, outcome.hashes)
                 self._finish(job, Status.OK)
@@ -449,10 +451,9 @@ class Executor:
         elif isinstance(outcome, Placed):
             self.state.record(d.path, outcome.stat, outcome.hashes)
             if not d.pinned:
-                self.reporter.warn(
-                    f"{d.name}: unpinned; placed with sha256 {outcome.hashes.sha256} "
-                    "(pin it in the manifest or run `modelsync lock`)"
-                )
+                # Nothing else pins it: from now on the file is judged against these bytes.
+                self.state.learn(d.path, outcome.hashes)
+                self.reporter.warn(_learned_message(job, outcome.hashes))
             repaired = job.repairing or job.action.kind is ActionKind.REPAIR
             self._finish(job, Status.REPAIRED if repaired else Status.DOWNLOADED)
         else:
@@ -493,6 +494,21 @@ class Executor:
         )
         self.results[d.name] = result
         self.reporter.file_finished(result)
+
+
+def _learned_message(job: Job, hashes: FileHashes) -> str:
+    name, old = job.desired.name, job.action.learned
+    if old is None:
+        return (
+            f"{name}: unpinned; placed with sha256 {hashes.sha256}, its learned pin from now "
+            "on (pin it in the manifest or run `modelsync lock`)"
+        )
+    if (old.sha256, old.size) == (hashes.sha256, hashes.size):
+        return f"{name}: unpinned; downloaded again, the bytes of its learned pin"
+    return (
+        f"{name}: unpinned; the new download becomes its learned pin: sha256 "
+        f"{hashes.sha256} (was {old.sha256}; the file changed upstream)"
+    )
 
 
 def _ignore_errors(future: Future[None]) -> None:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from modelsync.layout import PARTIAL_SUFFIX, Layout, tmp_name
 from modelsync.partials import allocated_bytes, control_bytes
-from modelsync.reconcile import CachedHashes, Observed, Unmanaged
+from modelsync.reconcile import CachedHashes, Learned, Observed, Unmanaged
 from modelsync.remote import Desired
 from modelsync.state import StateDB
 
@@ -44,15 +44,19 @@ def observe(
 ) -> dict[str, Observed]:
     wanted = list(desired)
     rows = state.get_many([d.path for d in wanted]) if state else {}
+    unpinned = [d.path for d in wanted if not d.pinned]
+    pins = state.learned_pins(unpinned) if state and unpinned else {}
     partials = partial_sizes(layout)
     observed: dict[str, Observed] = {}
     root = os.fspath(layout.root)
     for d in wanted:
         partial = partials.get(tmp_name(d.path)) if partials else None
+        pin = pins.get(d.path)
+        learned = Learned(pin.size, pin.sha256, pin.xxh3_128) if pin is not None else None
         try:
             st = os.stat(os.path.join(root, d.path))  # str, not Path: 10,000s of these
         except (FileNotFoundError, NotADirectoryError):
-            observed[d.path] = Observed(partial_bytes=partial)
+            observed[d.path] = Observed(partial_bytes=partial, learned=learned)
             continue
         cached = None
         row = rows.get(d.path)
@@ -63,6 +67,7 @@ def observe(
             is_file=stat_mod.S_ISREG(st.st_mode),
             cached=cached,
             partial_bytes=partial,
+            learned=learned,
         )
     return observed
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
 from modelsync.remote import Desired
@@ -24,6 +24,15 @@ class CachedHashes:
 
 
 @dataclass(frozen=True)
+class Learned:
+    """A learned pin (state.db): what an unpinned download held when apply placed it."""
+
+    size: int
+    sha256: str
+    xxh3_128: str
+
+
+@dataclass(frozen=True)
 class Observed:
     """What inventory saw for one target path."""
 
@@ -31,6 +40,7 @@ class Observed:
     is_file: bool = True
     cached: CachedHashes | None = None  # stat cache hit (size, mtime, inode, device equal)
     partial_bytes: int | None = None  # bytes already in tmp/ for this path
+    learned: Learned | None = None  # the learned pin of an unpinned entry, if any
 
 
 @dataclass(frozen=True)
@@ -40,13 +50,25 @@ class Action:
     reason: str = ""
     local_size: int | None = None
     partial_bytes: int | None = None
+    learned: Learned | None = None  # only for an entry nothing else pins
+
+    @property
+    def expected(self) -> Desired:
+        """What the file on disk is judged against: the desired pins, or else the learned
+        pin. Never what a new download must match: upstream may have changed the file."""
+        return judged(self.desired, self.learned)
+
+    @property
+    def size_guess(self) -> int | None:
+        d = self.desired
+        return d.size or d.estimated_size or (self.learned.size if self.learned else None)
 
     @property
     def download_bytes(self) -> int:
         """Bytes still to fetch, as well as is known before downloading."""
         if self.kind in (ActionKind.OK, ActionKind.VERIFY):
             return 0
-        total = self.desired.size or self.desired.estimated_size or 0
+        total = self.size_guess or 0
         if self.kind is ActionKind.RESUME and self.partial_bytes:
             return max(total - self.partial_bytes, 0)
         return total
@@ -75,8 +97,7 @@ class Plan:
             1
             for a in self.actions
             if a.kind in (ActionKind.DOWNLOAD, ActionKind.RESUME, ActionKind.REPAIR)
-            and a.desired.size is None
-            and a.desired.estimated_size is None
+            and a.size_guess is None
         )
 
     @property
@@ -98,9 +119,23 @@ def hash_mismatches(desired: Desired, sha256: str, xxh3_128: str) -> list[str]:
     return out
 
 
+def judged(desired: Desired, learned: Learned | None) -> Desired:
+    """`desired`, or, when nothing pins it, `desired` with its learned pin's size and hashes."""
+    if learned is None or desired.pinned:
+        return desired
+    return replace(desired, size=learned.size, sha256=learned.sha256, xxh3_128=learned.xxh3_128)
+
+
+LEARNED_CHANGED = "changed since it was downloaded unpinned"
+
+
 def decide(desired: Desired, seen: Observed) -> Action:
+    learned = seen.learned if not desired.pinned else None
+    expected = judged(desired, learned)
+    prefix = f"{LEARNED_CHANGED}: " if learned is not None else ""
+
     def act(kind: ActionKind, reason: str = "") -> Action:
-        return Action(kind, desired, reason, seen.size, seen.partial_bytes)
+        return Action(kind, desired, reason, seen.size, seen.partial_bytes, learned)
 
     if seen.size is None:
         if seen.partial_bytes is not None:
@@ -108,13 +143,13 @@ def decide(desired: Desired, seen: Observed) -> Action:
         return act(ActionKind.DOWNLOAD, "missing")
     if not seen.is_file:
         return act(ActionKind.REPAIR, "not a regular file")
-    if desired.size is not None and seen.size != desired.size:
-        return act(ActionKind.REPAIR, f"size {seen.size}, expected {desired.size}")
+    if expected.size is not None and seen.size != expected.size:
+        return act(ActionKind.REPAIR, f"{prefix}size {seen.size}, expected {expected.size}")
     if seen.cached is None:
         return act(ActionKind.VERIFY, "not verified yet")
-    wrong = hash_mismatches(desired, seen.cached.sha256, seen.cached.xxh3_128)
+    wrong = hash_mismatches(expected, seen.cached.sha256, seen.cached.xxh3_128)
     if wrong:
-        return act(ActionKind.REPAIR, "; ".join(wrong))
+        return act(ActionKind.REPAIR, prefix + "; ".join(wrong))
     return act(ActionKind.OK)
 
 

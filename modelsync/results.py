@@ -22,6 +22,7 @@ class Status(StrEnum):
     PENDING = "pending"
     MISSING = "missing"
     CORRUPT = "corrupt"
+    UNPINNED = "unpinned"  # plan/verify: in place, but no hash pins it (see `modelsync lock`)
 
 
 BAD = {Status.FAILED, Status.MISSING, Status.CORRUPT}

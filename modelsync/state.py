@@ -1,11 +1,17 @@
 """The stat cache: which files were hashed, at which (size, mtime_ns, inode, device).
 
-`<root>/.modelsync/state.db` is a small SQLite database with one table, `files`,
-keyed by the file's POSIX path relative to root. A row says: "when this path had
+`<root>/.modelsync/state.db` is a small SQLite database with two tables keyed by the
+file's POSIX path relative to root. A `files` row says: "when this path had
 exactly this size, mtime_ns, inode and device, its content hashed to sha256 /
 xxh3_128". It does not say whether those hashes match any manifest; the caller
 compares them with what it wants. A second `plan` therefore reads no file content:
 one SELECT for all rows, one `stat` per file, compared in Python.
+
+A `pins` row is a *learned pin*: the size and hashes of a file that `apply`
+downloaded for an entry nothing pins (no hash in the manifest, the lock or the
+source). It is not tied to a stat: whatever happens to the file later, it is judged
+against these hashes (a changed file is repaired, not accepted). Schema version 1
+had `files` only; opening it for writing adds `pins` in place (the cache is kept).
 
 Rules for callers:
 - Take the `os.stat_result` BEFORE hashing and pass that one to `record`. A file
@@ -20,11 +26,13 @@ Rules for callers:
   timestamp granularity of the pre-hash stat keeps the same mtime_ns.
 
 Robustness: a file that is not a SQLite database, a database with other tables,
-or another schema version (`PRAGMA user_version`) is moved aside to
-`state.db.corrupt` and rebuilt when opened with create=True; it is treated as an
-empty cache with create=False. Read and write failures at run time are logged and
-treated as cache misses / skipped updates: the cache is never worth failing a
-command for. WAL mode plus a busy timeout let several processes read and write.
+or another schema version (`PRAGMA user_version`; a newer one included) is moved
+aside to `state.db.corrupt` and rebuilt when opened with create=True; it is treated
+as an empty cache with create=False. Version 1 is no foreign database: it is migrated
+when opened with create=True, and read as it is (no learned pins) with create=False.
+Read and write failures at run time are logged and treated as cache misses / skipped
+updates: the cache is never worth failing a command for. WAL mode plus a busy
+timeout let several processes read and write.
 
 `StateDB.open(root, create=False)` never creates, moves or deletes anything: a
 missing database is an empty cache, and an existing one is opened read-only (with
@@ -53,13 +61,14 @@ from modelsync.layout import Layout
 __all__ = [
     "BUSY_TIMEOUT_S",
     "SCHEMA_VERSION",
+    "LearnedPin",
     "Row",
     "StateDB",
 ]
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: + pins (learned pins); a version 1 database is migrated in place
 BUSY_TIMEOUT_S = 30.0
 
 _COLUMNS = ("path", "size", "mtime_ns", "inode", "device", "sha256", "xxh3_128", "verified_at")
@@ -75,7 +84,19 @@ CREATE TABLE files (
     verified_at REAL    NOT NULL               -- unix time of the record
 ) WITHOUT ROWID
 """
+_PIN_COLUMNS = ("path", "size", "sha256", "xxh3_128", "learned_at")
+_PINS_SCHEMA = """
+CREATE TABLE pins (
+    path        TEXT    NOT NULL PRIMARY KEY,  -- POSIX path relative to root
+    size        INTEGER NOT NULL,
+    sha256      TEXT    NOT NULL,              -- lowercase hex
+    xxh3_128    TEXT    NOT NULL,              -- lowercase hex
+    learned_at  REAL    NOT NULL               -- unix time of the download
+) WITHOUT ROWID
+"""
 _SELECT = f"SELECT {', '.join(_COLUMNS)} FROM files"
+_SELECT_PINS = f"SELECT {', '.join(_PIN_COLUMNS)} FROM pins"
+_UPSERT_PIN = f"INSERT OR REPLACE INTO pins ({', '.join(_PIN_COLUMNS)}) VALUES (?, ?, ?, ?, ?)"
 _UPSERT = f"INSERT OR REPLACE INTO files ({', '.join(_COLUMNS)}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 
 _U64 = 1 << 64
@@ -119,6 +140,21 @@ class Row:
         return FileHashes(self.size, self.sha256, self.xxh3_128)
 
 
+@dataclass(frozen=True, slots=True)
+class LearnedPin:
+    """What a file downloaded without any pin held when apply placed it."""
+
+    path: str
+    size: int
+    sha256: str
+    xxh3_128: str
+    learned_at: float
+
+    @property
+    def hashes(self) -> FileHashes:
+        return FileHashes(self.size, self.sha256, self.xxh3_128)
+
+
 def _row(values: _Values) -> Row:
     path, size, mtime_ns, inode, device, sha256, xxh3_128, verified_at = values
     return Row(path, size, mtime_ns, inode % _U64, device % _U64, sha256, xxh3_128, verified_at)
@@ -150,6 +186,8 @@ class StateDB:
         self.readonly = readonly
         self._conn = conn
         self._lock = threading.Lock()
+        # A version 1 database opened read-only has no pins table (nothing learned yet).
+        self._has_pins = conn is not None and _has_pins(conn)
 
     # ---- opening -----------------------------------------------------------------
 
@@ -223,7 +261,33 @@ class StateDB:
                     out[s] = row
         return out
 
+    def learned_pins(self, relpaths: Iterable[RelPath]) -> dict[str, LearnedPin]:
+        """The learned pins of `relpaths` that exist, keyed as the caller spelled them."""
+        wanted = {normalize_relpath(rp): rp for rp in relpaths}
+        if not wanted or not self._has_pins:
+            return {}
+        values: list[tuple[str, int, str, str, float]] = self._read(
+            lambda conn: conn.execute(_SELECT_PINS).fetchall(), []
+        )
+        out: dict[str, LearnedPin] = {}
+        for v in values:
+            if v[0] in wanted:
+                rp = wanted[v[0]]
+                out[rp.as_posix() if isinstance(rp, PurePath) else rp] = LearnedPin(*v)
+        return out
+
     # ---- writing -----------------------------------------------------------------
+
+    def learn(self, relpath: RelPath, hashes: FileHashes) -> bool:
+        """Remember `hashes` as the pin of `relpath`, downloaded with none (replaces any)."""
+        params = (
+            normalize_relpath(relpath),
+            hashes.size,
+            hashes.sha256.lower(),
+            hashes.xxh3_128.lower(),
+            time.time(),
+        )
+        return self._write(lambda conn: conn.execute(_UPSERT_PIN, params))
 
     def record(self, relpath: RelPath, st: os.stat_result, hashes: FileHashes) -> bool:
         """Remember that the file at `relpath`, as described by `st`, hashes to `hashes`.
@@ -326,16 +390,33 @@ def _connect(target: str, *, uri: bool) -> sqlite3.Connection:
     return conn
 
 
-def _schema_ok(conn: sqlite3.Connection) -> bool:
-    """Our schema version, exactly our one table with our columns."""
+def _schema_version(conn: sqlite3.Connection) -> int | None:
+    """1 or 2 when the database holds exactly that version's tables with our columns."""
     (version,) = conn.execute("PRAGMA user_version").fetchone()
+    tables = {2: ["files", "pins"], 1: ["files"]}.get(version)
     objects = conn.execute(
-        "SELECT type, name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'"
+        "SELECT type, name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%' ORDER BY name"
     ).fetchall()
-    if version != SCHEMA_VERSION or objects != [("table", "files")]:
+    if tables is None or objects != [("table", t) for t in tables]:
+        return None
+    expected = {"files": _COLUMNS, "pins": _PIN_COLUMNS}
+    for table in tables:
+        columns = tuple(r[1] for r in conn.execute(f"PRAGMA table_info({table})").fetchall())
+        if columns != expected[table]:
+            return None
+    return int(version)
+
+
+def _schema_ok(conn: sqlite3.Connection) -> bool:
+    """Our schema version, exactly our tables with our columns."""
+    return _schema_version(conn) == SCHEMA_VERSION
+
+
+def _has_pins(conn: sqlite3.Connection) -> bool:
+    try:
+        return _schema_version(conn) == SCHEMA_VERSION
+    except sqlite3.DatabaseError:
         return False
-    columns = tuple(r[1] for r in conn.execute("PRAGMA table_info(files)").fetchall())
-    return columns == _COLUMNS
 
 
 def _open_readonly(db: Path) -> sqlite3.Connection | None:
@@ -348,7 +429,7 @@ def _open_readonly(db: Path) -> sqlite3.Connection | None:
     conn = None
     try:
         conn = _connect(_uri(db, mode="ro") if wal_live else _uri(db, immutable="1"), uri=True)
-        if _schema_ok(conn):
+        if _schema_version(conn) is not None:  # version 1 too: its stat cache is valid
             return conn
         log.info("%s: not a modelsync %d stat cache; ignoring it", db, SCHEMA_VERSION)
     except sqlite3.DatabaseError as exc:
@@ -368,8 +449,13 @@ def _init_schema(conn: sqlite3.Connection) -> bool:
         objects = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
         if version == 0 and objects == 0:
             conn.execute(_SCHEMA)
+            conn.execute(_PINS_SCHEMA)
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             ok = True
+        elif _schema_version(conn) == 1:  # migrate: keep the cache, add the learned pins
+            conn.execute(_PINS_SCHEMA)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            ok = conn.execute("PRAGMA quick_check(1)").fetchone() == ("ok",)
         else:
             ok = _schema_ok(conn) and conn.execute("PRAGMA quick_check(1)").fetchone() == ("ok",)
     except BaseException:

@@ -55,6 +55,7 @@ STATUS_STYLE = {
     Status.PENDING: "cyan",
     Status.MISSING: "red",
     Status.CORRUPT: "red",
+    Status.UNPINNED: "yellow",
 }
 
 
@@ -148,7 +149,7 @@ def print_plan(report: Report) -> None:
         action = e.action
         if e.status is Status.FAILED:
             symbol, style, action = "!", "red", "failed"
-        detail = (e.error or e.detail) if e.action != "ok" else ""
+        detail = (e.error or e.detail) if e.action != "ok" or e.status is Status.UNPINNED else ""
         rows.append(
             [
                 (symbol, style),
@@ -179,13 +180,15 @@ def print_plan(report: Report) -> None:
         f"{n} to {k}" if k != "failed" else f"{n} failed" for k, n in pending.items()
     )
     ok = sum(1 for e in report.entries if e.action == "ok" and e.status is Status.OK)
+    unpinned = report.count(Status.UNPINNED)
+    ok_text = f"{ok} ok, {unpinned} unpinned" if unpinned else f"{ok} ok"
     hidden = " (not listed)" if len(shown) < len(report.entries) else ""
     prunable = sum(1 for u in report.unmanaged if u.prunable)
     unmanaged = f", {len(report.unmanaged)} unmanaged" if report.unmanaged else ""
     if prunable:
         unmanaged += f" ({prunable} deleted by --prune)"
     err_console.print(
-        f"Plan: {summary or 'nothing to do'}; {ok} ok{hidden}{unmanaged}. "
+        f"Plan: {summary or 'nothing to do'}; {ok_text}{hidden}{unmanaged}. "
         f"{bytes_to_download(report.download_bytes, report.unknown_sizes)} to download, "
         f"{human_size(report.free_bytes)} free on root's filesystem."
     )
@@ -207,6 +210,8 @@ def print_entries(report: Report) -> None:
         rows.append([(f"{e.status.value:>10}", style), (e.path or e.name, "")])
         if e.error:
             rows.append([("", ""), (e.error, "red")])
+        elif e.status is Status.UNPINNED:
+            rows.append([("", ""), (e.detail, "dim")])
     write_lines(rows)
     print_warnings(report)
     counts = ", ".join(f"{report.count(s)} {s.value}" for s in Status if report.count(s))

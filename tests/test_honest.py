@@ -130,3 +130,65 @@ def test_offline_plan_of_entries_pinned_by_sha256_and_size(tmp_path: Path) -> No
     assert by_name(doc, "status") == {"model.safetensors": "ok", "lora.safetensors": "failed"}
     (failed,) = [e for e in doc["entries"] if e["status"] == "failed"]
     assert f"127.0.0.1:{port}" in failed["error"]
+
+
+def test_an_unpinned_download_is_judged_against_its_learned_pin(
+    tmp_path: Path, fileserver: FileServer
+) -> None:
+    f = serve(fileserver, "/free.bin", 40_000, seed=23)
+    manifest = write_manifest(tmp_path / "models.toml", [{"url": f.url, "dir": "d"}])
+    target = tmp_path / "models/d/free.bin"
+    code, doc = doc_of("apply", manifest)
+    assert code == 0 and by_name(doc, "status") == {"free.bin": "downloaded"}
+
+    # In place and as downloaded: not "ok" (nothing vouches for it), yet in sync.
+    code, doc = doc_of("plan", manifest)
+    assert code == 0 and by_name(doc, "status") == {"free.bin": "unpinned"}
+    assert by_name(doc, "action") == {"free.bin": "ok"}
+    assert modelsync("plan", manifest, "--check").code == 0
+    assert "no hash pinned: run `modelsync lock` to pin it" in modelsync("plan", manifest).stderr
+    code, doc = doc_of("verify", manifest)
+    assert code == 0 and by_name(doc, "status") == {"free.bin": "unpinned"}
+    run = modelsync("verify", manifest)
+    assert "no hash pinned: run `modelsync lock` to pin it" in run.stderr
+
+    # Changed on disk (same size): corrupt for verify, repair for plan, repaired by apply.
+    flip_a_byte(target)
+    code, doc = doc_of("verify", manifest)
+    assert code == 1 and by_name(doc, "status") == {"free.bin": "corrupt"}
+    (entry,) = doc["entries"]
+    assert f"changed since it was downloaded unpinned: sha256 expected {f.sha256}" in entry["error"]
+    code, doc = doc_of("plan", manifest)
+    assert by_name(doc, "action") == {"free.bin": "repair"}
+    assert modelsync("plan", manifest, "--check").code == 1
+    code, doc = doc_of("apply", manifest)
+    assert code == 0 and by_name(doc, "status") == {"free.bin": "repaired"}
+    assert target.read_bytes() == f.data
+
+    # A file cut short is a repair too, found without hashing.
+    target.write_bytes(f.data[:-1])
+    code, doc = doc_of("plan", manifest)
+    assert by_name(doc, "action") == {"free.bin": "repair"}
+
+    # Changed upstream as well: the new download becomes the learned pin, and apply says so.
+    new = serve(fileserver, "/free.bin", 40_000, seed=24)
+    run = modelsync("apply", manifest)
+    assert run.code == 0 and "repaired" in run.stderr
+    assert target.read_bytes() == new.data
+    expected = f"free.bin: unpinned; the new download becomes its learned pin: sha256 {new.sha256}"
+    assert f"{expected} (was {f.sha256}; the file changed upstream)" in run.stderr
+    code, doc = doc_of("verify", manifest)
+    assert code == 0 and by_name(doc, "status") == {"free.bin": "unpinned"}
+
+
+def test_a_file_placed_by_hand_for_an_unpinned_entry_is_unpinned_not_ok(tmp_path: Path) -> None:
+    manifest = write_manifest(
+        tmp_path / "models.toml", [{"url": "http://127.0.0.1:9/hand.bin", "dir": "d"}]
+    )
+    target = tmp_path / "models/d/hand.bin"
+    target.parent.mkdir(parents=True)
+    target.write_bytes(blob(1000, seed=25))
+    code, doc = doc_of("verify", manifest)
+    assert code == 0 and by_name(doc, "status") == {"hand.bin": "unpinned"}
+    code, doc = doc_of("plan", manifest)
+    assert code == 0 and by_name(doc, "status") == {"hand.bin": "unpinned"}

@@ -464,3 +464,53 @@ def test_closed_db_raises(tmp_path: Path) -> None:
     st, h = make_file(tmp_path, "a.bin")
     with pytest.raises(sqlite3.ProgrammingError):
         db.record("a.bin", st, h)
+
+
+# ---- learned pins and the version 1 migration ----------------------------------------------
+
+V1_DDL = (
+    "CREATE TABLE files (path TEXT NOT NULL PRIMARY KEY, size INTEGER NOT NULL,"
+    " mtime_ns INTEGER NOT NULL, inode INTEGER NOT NULL, device INTEGER NOT NULL,"
+    " sha256 TEXT NOT NULL, xxh3_128 TEXT NOT NULL, verified_at REAL NOT NULL) WITHOUT ROWID;"
+    " PRAGMA user_version = 1"
+)
+
+
+def test_a_learned_pin_is_not_tied_to_the_stat(tmp_path: Path) -> None:
+    _st, h = make_file(tmp_path, "d/a.bin", b"first bytes")
+    with StateDB.open(tmp_path, create=True) as db:
+        assert db.learned_pins(["d/a.bin", "d/other.bin"]) == {}
+        assert db.learn("d/a.bin", h)
+    make_file(tmp_path, "d/a.bin", b"other bytes, longer")  # rewritten: the pin stays
+    with StateDB.open(tmp_path, create=False) as db:
+        pins = db.learned_pins([PurePosixPath("d/a.bin"), "d/other.bin"])
+    assert list(pins) == ["d/a.bin"] and pins["d/a.bin"].hashes == h
+
+
+def test_a_version_1_db_is_migrated_in_place_keeping_its_rows(tmp_path: Path) -> None:
+    st, h = make_file(tmp_path, "a.bin")
+    db_path(tmp_path).parent.mkdir(exist_ok=True)
+    conn = sqlite3.connect(db_path(tmp_path))
+    conn.executescript(V1_DDL)
+    conn.execute(
+        "INSERT INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        ("a.bin", st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev, h.sha256, h.xxh3_128, 1.0),
+    )
+    conn.commit()
+    conn.close()
+    before = listing(tmp_path)
+    with StateDB.open(tmp_path, create=False) as db:  # read-only: read as it is
+        assert db.lookup("a.bin", st) is not None
+        assert db.learned_pins(["a.bin"]) == {}
+    assert listing(tmp_path) == before
+    with StateDB.open(tmp_path, create=True) as db:
+        assert db.lookup("a.bin", st) is not None  # the cache survived the migration
+        assert db.learn("a.bin", h)
+    assert not db_path(tmp_path).with_name(DB_NAME + ".corrupt").exists()
+    with StateDB.open(tmp_path, create=False) as db:
+        assert db.learned_pins(["a.bin"])["a.bin"].hashes == h
+    conn = sqlite3.connect(db_path(tmp_path))
+    try:
+        assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,) == (2,)
+    finally:
+        conn.close()
