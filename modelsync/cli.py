@@ -292,14 +292,27 @@ def doctor(
         Path | None, typer.Argument(metavar="MANIFEST", help="Check this manifest's root too.")
     ] = None,
     root: RootOpt = None,
+    json_out: JsonOpt = False,
 ) -> None:
-    """Check aria2c, the models folder, tokens (never printed), endpoints and proxies."""
-    from modelsync.doctor import run_doctor
+    """Check aria2c, the models folder, tokens (never printed), endpoints and the proxy.
+
+    Each check says ok, warn or fail, with a fix; exit 1 when any check fails.
+    """
+    from modelsync.doctor import root_without_manifest, run_doctor
 
     env = dict(os.environ)
-    where = open_workspace(manifest, root, None).root if manifest else None
-    checks = run_doctor(where, env)
-    ui.print_checks(checks)
+    # The root as apply would choose it, without creating it: a missing --root is a check
+    # that fails (with the reason), not an error that hides the other checks.
+    choice = (
+        resolve_root(load_manifest(manifest), root, env)
+        if manifest is not None
+        else root_without_manifest(root, env)
+    )
+    checks = run_doctor(choice, env)
+    if json_out:
+        ui.print_checks_json(checks)
+    else:
+        ui.print_checks(checks)
     raise typer.Exit(0 if all(c.ok for c in checks) else 1)
 
 

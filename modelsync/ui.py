@@ -364,10 +364,36 @@ class BarReporter(LineReporter):
         self.progress.stop()
 
 
+CHECK_STYLE = {"ok": "green", "warn": "yellow", "fail": "red"}
+
+
 def print_checks(checks: Sequence[Check]) -> None:
+    """One line per check (`ok`, `warn`, `fail`), a `fix:` line under warn and fail."""
     for c in checks:
-        mark = "[green]ok[/]  " if c.ok else "[red]FAIL[/]"
-        err_console.print(f"{mark} {c.name}: {escape(c.detail)}")
+        mark = f"[{CHECK_STYLE[c.status]}]{c.status:<4}[/]"
+        err_console.print(f"{mark} {escape(c.name)}: {escape(c.detail)}")
+        if c.fix and c.status != "ok":
+            err_console.print(f"     fix: {escape(c.fix)}")
+    failed = sum(1 for c in checks if c.status == "fail")
+    warned = sum(1 for c in checks if c.status == "warn")
+    err_console.print(
+        f"Doctor: {len(checks)} checks, {failed} failed, {warned} warning(s)"
+        if failed or warned
+        else f"Doctor: all {len(checks)} checks ok"
+    )
+
+
+def print_checks_json(checks: Sequence[Check]) -> None:
+    doc = {
+        "schema": 1,
+        "command": "doctor",
+        "ok": all(c.ok for c in checks),
+        "checks": [
+            {"name": c.name, "status": c.status, "detail": c.detail, "fix": c.fix or None}
+            for c in checks
+        ],
+    }
+    sys.stdout.write(json.dumps(doc, indent=2) + "\n")
 
 
 def print_summary(report: Report) -> None:

@@ -10,6 +10,7 @@ Authorization header must never reach it). Usage::
         hub.cdn.faults.rate_limit = 1 << 20   # the CDN is a FileServer: faults, log, ranges
         hub.expire_signed_urls()          # CDN URLs handed out so far now answer 403
         hub.renamed["old/name"] = "org/name"  # 307 to the new name (same origin)
+        # GET {hub.url}/api/whoami-v2 -> the user of a valid token, else 401
         assert not any("authorization" in r.headers for r in hub.cdn.requests)
 
 Standalone (the demo): `python -m tests.servers.fake_hf --repo org/name=DIR [--gated org/name]
@@ -191,6 +192,9 @@ class FakeHub(BaseServer):
                 self.reply(h, rec, 307, headers={"Location": new_target})
                 return
         segs = [unquote(s) for s in raw.split("/")[1:]]
+        if segs == ["api", "whoami-v2"] and rec.method == "GET":
+            self._whoami(h, rec, auth)
+            return
         if segs[:1] == ["api"] and len(segs) > 2 and segs[1] in ("models", "datasets"):
             self._api(h, rec, "model" if segs[1] == "models" else "dataset", segs[2:], auth)
             return
@@ -205,6 +209,16 @@ class FakeHub(BaseServer):
                 )
                 return
         self._error(h, rec, 404, None, "Sorry, we can't find the page you are looking for.")
+
+    def _whoami(self, h: Handler, rec: RequestRecord, auth: str) -> None:
+        """`GET /api/whoami-v2`: the token's user; 401 without a token (a bad one never
+        gets here: it is answered 401 before routing, as every other request)."""
+        if auth == "none":
+            self._error(h, rec, 401, None, "Invalid username or password.")
+            return
+        me = {"type": "user", "name": "tester", "fullname": "Test User", "orgs": []}
+        role = "read" if auth == "granted" else "fineGrained"
+        self._json(h, rec, me | {"auth": {"type": "access_token", "accessToken": {"role": role}}})
 
     def _auth(self, rec: RequestRecord) -> Literal["none", "granted", "ungranted", "invalid"]:
         value = rec.headers.get("authorization")
