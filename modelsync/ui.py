@@ -149,6 +149,8 @@ def print_plan(report: Report) -> None:
         action = e.action
         if e.status is Status.FAILED:
             symbol, style, action = "!", "red", "failed"
+        elif e.status is Status.UNPINNED:  # in place, but nothing vouches for its bytes
+            style, action = "yellow", "unpinned"
         detail = (e.error or e.detail) if e.action != "ok" or e.status is Status.UNPINNED else ""
         rows.append(
             [
