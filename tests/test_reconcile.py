@@ -7,6 +7,7 @@ import pytest
 from modelsync.reconcile import (
     ActionKind,
     CachedHashes,
+    Learned,
     Observed,
     Unmanaged,
     decide,
@@ -26,6 +27,7 @@ UNPINNED_SIZED = Desired("m", "checkpoints/m.safetensors", size=100)
 
 GOOD_CACHE = CachedHashes(SHA, XXH)
 BAD_CACHE = CachedHashes(OTHER_SHA, "d" * 32)
+LEARNED = Learned(100, SHA, XXH)  # what apply placed for an unpinned entry
 
 CASES = [
     # (id, desired, observed, expected action, reason fragment)
@@ -75,6 +77,30 @@ CASES = [
         Observed(size=1, partial_bytes=50),
         ActionKind.REPAIR,
         "size 1",
+    ),
+    # An unpinned entry with a learned pin is judged against it, and only then.
+    ("learned-ok", UNPINNED, Observed(100, cached=GOOD_CACHE, learned=LEARNED), ActionKind.OK, ""),
+    (
+        "learned-changed",
+        UNPINNED,
+        Observed(size=100, cached=BAD_CACHE, learned=LEARNED),
+        ActionKind.REPAIR,
+        "changed since it was downloaded unpinned: sha256 expected",
+    ),
+    (
+        "learned-other-size",
+        UNPINNED,
+        Observed(size=99, learned=LEARNED),
+        ActionKind.REPAIR,
+        "changed since it was downloaded unpinned: size 99, expected 100",
+    ),
+    ("learned-uncached", UNPINNED, Observed(100, learned=LEARNED), ActionKind.VERIFY, ""),
+    (
+        "pins-win-over-learned",
+        PINNED,
+        Observed(size=100, cached=GOOD_CACHE, learned=Learned(100, OTHER_SHA, XXH)),
+        ActionKind.OK,
+        "",
     ),
 ]
 
@@ -128,3 +154,9 @@ def test_plan_totals_and_unmanaged_sorted() -> None:
 def test_in_sync_when_everything_ok() -> None:
     plan = reconcile([PINNED], {PINNED.path: Observed(size=100, cached=GOOD_CACHE)})
     assert plan.in_sync and plan.download_bytes == 0
+
+
+def test_a_learned_repair_counts_the_learned_size() -> None:
+    seen = Observed(size=100, cached=BAD_CACHE, learned=LEARNED)
+    plan = reconcile([UNPINNED], {UNPINNED.path: seen})
+    assert (plan.download_bytes, plan.unknown_sizes) == (100, 0)
