@@ -85,7 +85,7 @@ def test_lock_downloads_an_unpinned_url_once_and_apply_then_holds_it_to_the_pin(
     assert statuses(doc) == {"free.bin": "ok"}
     assert fileserver.requests == []
 
-    # Unpinned, a changed file would pass as ok; pinned by the lock, it is repaired.
+    # Pinned by the lock, a changed file is repaired.
     damaged = bytearray(f.data)
     damaged[777] ^= 0xFF
     target.write_bytes(bytes(damaged))
@@ -274,6 +274,33 @@ def test_lock_after_apply_leaves_a_current_lock_byte_identical(
     assert "up to date" in run.stderr and "updated" not in run.stderr
     assert lock.read_bytes() == first and lock.stat().st_mtime_ns == mtime
     assert "xxh3_128" not in read_lock(manifest)["models"]["a.bin"]  # --upgrade adds it
+
+
+@pytest.mark.parametrize("upstream_changed", [False, True], ids=["same", "changed-upstream"])
+def test_lock_never_pins_an_unpinned_file_changed_since_apply_downloaded_it(
+    tmp_path: Path, fileserver: FileServer, upstream_changed: bool
+) -> None:
+    f = serve(fileserver, "/free.bin", 40_000, seed=16)
+    manifest = write_manifest(tmp_path / "models.toml", [unpinned(f)])
+    run, doc = apply_json(manifest)
+    assert run.code == 0 and statuses(doc) == {"free.bin": "downloaded"}
+    target = tmp_path / "models/misc/free.bin"
+    damaged = bytearray(f.data)
+    damaged[777] ^= 0xFF  # same size: only its learned pin's hashes tell
+    target.write_bytes(bytes(damaged))
+    served = serve(fileserver, "/free.bin", 40_000, seed=17) if upstream_changed else f
+    fileserver.reset_log()
+
+    # Trust on first use: the first use was apply's download, not the bytes on disk now.
+    run = modelsync("lock", manifest)
+    assert run.code == 0, run.stderr
+    assert read_lock(manifest)["models"]["free.bin"]["sha256"] == served.sha256
+    assert target.read_bytes() == served.data  # repaired, then pinned
+    assert fileserver.bytes_served("/free.bin") == len(served.data)
+    if upstream_changed:  # the pin moves with the source: lock says so
+        assert f"(was {f.sha256}; the file changed upstream)" in run.stderr
+    doc = plan_json(manifest)
+    assert statuses(doc) == {"free.bin": "ok"} and doc["warnings"] == []
 
 
 def test_hf_lock_pins_the_commit_plan_asks_nothing_and_upgrade_moves_it(
