@@ -450,9 +450,10 @@ class Executor:
                 self._start_download(job)
         elif isinstance(outcome, Placed):
             self.state.record(d.path, outcome.stat, outcome.hashes)
+            # The bytes modelsync placed here last: whenever nothing pins the entry (now,
+            # or once its pin is dropped again) the file is judged against them.
+            self.state.learn(d.path, outcome.hashes)
             if not d.pinned:
-                # Nothing else pins it: from now on the file is judged against these bytes.
-                self.state.learn(d.path, outcome.hashes)
                 self.reporter.warn(_learned_message(job, outcome.hashes))
             repaired = job.repairing or job.action.kind is ActionKind.REPAIR
             self._finish(job, Status.REPAIRED if repaired else Status.DOWNLOADED)

@@ -7,7 +7,8 @@
 - An entry with no hash from the manifest or its source is downloaded into root through
   the normal apply machinery, and the sha256/xxh3_128 that apply verified and recorded in
   state.db are locked (trust on first use). A file already in place that modelsync
-  verified is not downloaded again.
+  verified is not downloaded again; one changed since apply placed it (its learned pin
+  in state.db) is repaired first, so its changed bytes are never locked.
 - xxh3_128 (and the exact size) are added when an entry is (re)locked anyway (new,
   edited, or `--upgrade`) and the file was verified locally: taken from state.db when its
   row agrees with the locked hashes and the file's stat still matches. A current entry is

@@ -25,7 +25,7 @@ class CachedHashes:
 
 @dataclass(frozen=True)
 class Learned:
-    """A learned pin (state.db): what an unpinned download held when apply placed it."""
+    """A learned pin (state.db): what the file apply last placed at the path held."""
 
     size: int
     sha256: str

@@ -7,10 +7,12 @@ xxh3_128". It does not say whether those hashes match any manifest; the caller
 compares them with what it wants. A second `plan` therefore reads no file content:
 one SELECT for all rows, one `stat` per file, compared in Python.
 
-A `pins` row is a *learned pin*: the size and hashes of a file that `apply`
-downloaded for an entry nothing pins (no hash in the manifest, the lock or the
-source). It is not tied to a stat: whatever happens to the file later, it is judged
-against these hashes (a changed file is repaired, not accepted). Schema version 1
+A `pins` row is a *learned pin*: the size and hashes of the file `apply` last
+placed at that path (downloaded and, if it had one, checked against its pin). It is
+what the file is judged against while nothing pins the entry (no hash in the
+manifest, the lock or the source), now or once a pin is dropped again. It is not tied
+to a stat: whatever happens to the file later, it is judged against these hashes (a
+changed file is repaired, not accepted). Schema version 1
 had `files` only; opening it for writing adds `pins` in place (the cache is kept).
 
 Rules for callers:
@@ -142,7 +144,7 @@ class Row:
 
 @dataclass(frozen=True, slots=True)
 class LearnedPin:
-    """What a file downloaded without any pin held when apply placed it."""
+    """What the file apply last placed at `path` held (judged against while unpinned)."""
 
     path: str
     size: int
@@ -279,7 +281,7 @@ class StateDB:
     # ---- writing -----------------------------------------------------------------
 
     def learn(self, relpath: RelPath, hashes: FileHashes) -> bool:
-        """Remember `hashes` as the pin of `relpath`, downloaded with none (replaces any)."""
+        """Remember `hashes` as what apply last placed at `relpath` (replaces any)."""
         params = (
             normalize_relpath(relpath),
             hashes.size,

@@ -192,3 +192,35 @@ def test_a_file_placed_by_hand_for_an_unpinned_entry_is_unpinned_not_ok(tmp_path
     assert code == 0 and by_name(doc, "status") == {"hand.bin": "unpinned"}
     code, doc = doc_of("plan", manifest)
     assert code == 0 and by_name(doc, "status") == {"hand.bin": "unpinned"}
+
+
+def test_a_pin_dropped_again_leaves_the_file_judged_by_what_apply_placed_last(
+    tmp_path: Path, fileserver: FileServer
+) -> None:
+    old = serve(fileserver, "/m.bin", 30_000, seed=26)
+    manifest = write_manifest(tmp_path / "models.toml", [{"url": old.url, "dir": "d"}])
+    assert modelsync("apply", manifest).code == 0  # learned: the old bytes
+
+    # Upstream moves on; the user pins the new bytes, apply fetches them, the pin goes again.
+    new = serve(fileserver, "/m.bin", 30_000, seed=27)
+    pinned = write_manifest(
+        tmp_path / "models.toml", [{"url": new.url, "dir": "d", "sha256": new.sha256}]
+    )
+    code, doc = doc_of("apply", pinned)
+    assert code == 0 and by_name(doc, "status") == {"m.bin": "repaired"}
+    manifest = write_manifest(tmp_path / "models.toml", [{"url": new.url, "dir": "d"}])
+    fileserver.reset_log()
+
+    # The file is what modelsync placed last: in sync, not "changed since it was downloaded".
+    code, doc = doc_of("plan", manifest)
+    assert code == 0 and by_name(doc, "action") == {"m.bin": "ok"}
+    assert by_name(doc, "status") == {"m.bin": "unpinned"}
+    code, doc = doc_of("verify", manifest)
+    assert code == 0 and by_name(doc, "status") == {"m.bin": "unpinned"}
+    code, doc = doc_of("apply", manifest)
+    assert code == 0 and by_name(doc, "status") == {"m.bin": "ok"}
+    assert fileserver.requests == []
+    # ...and still judged: changed on disk, it is corrupt.
+    flip_a_byte(tmp_path / "models/d/m.bin")
+    code, doc = doc_of("verify", manifest)
+    assert code == 1 and by_name(doc, "status") == {"m.bin": "corrupt"}
