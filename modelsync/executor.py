@@ -72,6 +72,7 @@ class Job:
     gid: str | None = None
     attempts: int = 0
     corrupt_retries: int = 0
+    rejected: FileHashes | None = None  # the first download that did not match its pins
     start_bytes: int = 0  # bytes already in tmp/ when we started (resume)
     done_bytes: int = 0
     earlier: int = 0  # bytes transferred by attempts that started over (a corrupt download)
@@ -115,6 +116,7 @@ class Hashed:
 @dataclass(frozen=True)
 class Rejected:
     problems: list[str]
+    hashes: FileHashes  # of the rejected bytes: the same twice means the pin is wrong
 
 
 class Executor:
@@ -394,7 +396,7 @@ class Executor:
         problems += wrong
         if problems:
             _remove(job.tmp, job.control, job.sidecar)
-            return Rejected(problems)
+            return Rejected(problems, hashes)
         fd = os.open(job.tmp, os.O_RDONLY)
         try:
             os.fsync(fd)
@@ -461,12 +463,15 @@ class Executor:
             expected = "; ".join(outcome.problems)
             if job.corrupt_retries == 0:
                 job.corrupt_retries += 1
+                job.rejected = outcome.hashes
                 job.start_bytes = 0
                 self.reporter.warn(
                     f"{d.name}: downloaded file is corrupt ({expected}); retrying from scratch"
                 )
                 job.sidecar.unlink(missing_ok=True)
                 self._start_download(job)
+            elif job.rejected == outcome.hashes:
+                self._fail(job, _same_bytes_twice(d, outcome))
             else:
                 self._fail(
                     job,
@@ -495,6 +500,16 @@ class Executor:
         )
         self.results[d.name] = result
         self.reporter.file_finished(result)
+
+
+def _same_bytes_twice(d: Desired, outcome: Rejected) -> str:
+    """Two downloads, the same bytes, neither matching: the pin is the suspect, not the
+    server, and a third download would only give the same bytes again."""
+    origin = d.pin_origin or "the pin"
+    return (
+        f"the server sends the same bytes twice (sha256 {outcome.hashes.sha256}); {origin} "
+        f"may be wrong or the file changed upstream; {'; '.join(outcome.problems)}"
+    )
 
 
 def _learned_message(job: Job, hashes: FileHashes) -> str:

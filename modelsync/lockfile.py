@@ -139,8 +139,10 @@ def plain_url(url: str, secrets: Iterable[str] = ()) -> str | None:
     return clean
 
 
-def desired_from_lock(entry: Entry, locked: LockedEntry) -> Desired:
-    """What a current lock entry wants on disk (the manifest's own pins win)."""
+def desired_from_lock(entry: Entry, locked: LockedEntry, pin_origin: str = "") -> Desired:
+    """What a current lock entry wants on disk (the manifest's own pins win).
+
+    `pin_origin` says where the hash pin came from (see workspace.pin_origin)."""
     return Desired(
         name=entry.display_name,
         path=locked.path,
@@ -149,6 +151,7 @@ def desired_from_lock(entry: Entry, locked: LockedEntry) -> Desired:
         xxh3_128=entry.xxh3_128 or locked.xxh3_128,
         tags=entry.tags,
         estimated_size=locked.estimated_size,
+        pin_origin=pin_origin,
     )
 
 

@@ -19,6 +19,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     model_validator,
 )
@@ -209,6 +210,12 @@ class Manifest(_Strict):
     models: tuple[Entry, ...] = ()
 
     path: Path = Path("models.toml")
+    # entry name → {key: TOML line} for the pin keys, filled once by load_manifest
+    _pin_lines: dict[str, dict[str, int]] = PrivateAttr(default_factory=dict)
+
+    def key_line(self, name: str, key: str) -> int | None:
+        """The TOML line where entry `name` sets `key` (sha256 or xxh3_128), if known."""
+        return self._pin_lines.get(name, {}).get(key)
 
     def select(self, only: list[str] | None) -> list[Entry]:
         """Entries whose name or one of whose tags is in `only` (all when empty)."""
@@ -247,7 +254,31 @@ def load_manifest(path: Path) -> Manifest:
     problems = _cross_entry_problems(manifest, text)
     if problems:
         raise ManifestError(where, problems)
+    lines = _pin_key_lines(text)
+    manifest._pin_lines = {
+        e.display_name: lines[i] for i, e in enumerate(manifest.models) if i < len(lines)
+    }
     return manifest
+
+
+_PIN_KEY = re.compile(r"^\s*[\"']?(sha256|xxh3_128)[\"']?\s*=")
+
+
+def _pin_key_lines(text: str) -> list[dict[str, int]]:
+    """Per [[models]] table, in order, the lines of its pin keys: one pass over the text
+    (a manifest of 10,000 entries must not be scanned once per entry)."""
+    header = re.compile(r"^\s*\[\[\s*models\s*\]\]")
+    out: list[dict[str, int]] = []
+    inside = False
+    for n, line in enumerate(text.splitlines(), 1):
+        if header.match(line):
+            out.append({})
+            inside = True
+        elif line.lstrip().startswith("["):
+            inside = False
+        elif inside and (m := _PIN_KEY.match(line)):
+            out[-1].setdefault(m[1], n)
+    return out
 
 
 def _known_keys(model: type[BaseModel]) -> list[str]:

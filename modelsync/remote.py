@@ -34,6 +34,9 @@ class Desired:
     xxh3_128: str | None = None
     tags: tuple[str, ...] = field(default=())
     estimated_size: int | None = None  # for space estimates when `size` is unknown
+    # Where the hash pin (sha256, else xxh3_128) came from, for humans: "the pin in
+    # models.toml line 12", "the pin in models.lock", "the hash that huggingface.co publishes".
+    pin_origin: str = ""
 
     @property
     def pinned(self) -> bool:

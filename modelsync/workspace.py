@@ -19,6 +19,7 @@ from modelsync.manifest import (
     is_plain_file_name,
 )
 from modelsync.reconcile import Plan, reconcile
+from modelsync.redact import host_of
 from modelsync.remote import Desired, RemoteFile
 from modelsync.sources import SourceContext, needs_network, resolve, source_of
 from modelsync.state import StateDB
@@ -44,7 +45,17 @@ class Target:
         return self.entry.display_name
 
 
-def desired_for(entry: Entry, remote: RemoteFile) -> Desired:
+def pin_origin(manifest: Manifest | None, entry: Entry, otherwise: str) -> str:
+    """Where the entry's hash pin (sha256, else xxh3_128) comes from, for error messages:
+    the manifest's own key (with its line), else `otherwise` (the lock, or the source)."""
+    key = "sha256" if entry.sha256 else "xxh3_128" if entry.xxh3_128 else None
+    if key is None or manifest is None:
+        return otherwise if key is None else ""
+    line = manifest.key_line(entry.display_name, key)
+    return f"the pin in {manifest.path.name}" + (f" line {line}" if line else "")
+
+
+def desired_for(entry: Entry, remote: RemoteFile, manifest: Manifest | None = None) -> Desired:
     """The manifest's own pins win; the source's published ones fill the gaps."""
     if not entry.filename and not is_plain_file_name(remote.filename):
         raise SourceError(
@@ -63,7 +74,14 @@ def desired_for(entry: Entry, remote: RemoteFile) -> Desired:
         xxh3_128=entry.xxh3_128 or remote.xxh3_128,
         tags=entry.tags,
         estimated_size=None if remote.size_is_exact else remote.size,
+        pin_origin=pin_origin(manifest, entry, _published(remote)),
     )
+
+
+def _published(remote: RemoteFile) -> str:
+    if not (remote.sha256 or remote.xxh3_128) or not remote.urls:
+        return ""
+    return f"the hash that {host_of(remote.urls[0])} publishes"
 
 
 def _one_entry_per_path(targets: list[Target]) -> list[Target]:
@@ -155,10 +173,13 @@ class Workspace:
         those that ask a server (Hugging Face, Civitai) several at a time."""
         out: dict[str, Target] = {}
         pending: list[Entry] = []
+        lock_name = self.manifest.lock_path.name
         for entry in self.entries:
             locked = self.lock.current(entry) if self.lock is not None else None
             if locked is not None:
-                target = Target(source_entry(entry, locked), desired_from_lock(entry, locked))
+                origin = pin_origin(self.manifest, entry, f"the pin in {lock_name}")
+                desired = desired_from_lock(entry, locked, origin)
+                target = Target(source_entry(entry, locked), desired)
                 out[entry.display_name] = target
             else:
                 pending.append(entry)
@@ -176,7 +197,8 @@ class Workspace:
         warning = self._stale_warning(entry)
         try:
             remote = resolve(entry, self.sources)
-            return Target(entry, desired_for(entry, remote), remote, warning=warning)
+            desired = desired_for(entry, remote, self.manifest)
+            return Target(entry, desired, remote, warning=warning)
         except SourceUnreachable as exc:
             return self._offline(entry, exc, warning)
         except ModelsyncError as exc:
@@ -207,6 +229,7 @@ class Workspace:
             sha256=entry.sha256,
             xxh3_128=entry.xxh3_128,
             tags=entry.tags,
+            pin_origin=pin_origin(self.manifest, entry, ""),
         )
         offline = (
             f"{entry.display_name}: {exc.host} was not reached; planned from the sha256 "
