@@ -191,6 +191,9 @@ def apply(
         typer.Option("--aria2-secret", metavar="SECRET", help="RPC secret of --aria2-url."),
     ] = None,
     stall_timeout: Annotated[float, typer.Option("--stall-timeout", min=1, hidden=True)] = 60.0,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Show aria2's own words for each failure.")
+    ] = False,
 ) -> None:
     """Make the models folder match the manifest: download, repair, verify."""
     from modelsync.apply import ApplyRequest, run_apply
@@ -221,6 +224,7 @@ def apply(
     )
     interactive = ui.err_console.is_terminal and not no_progress and not json_out
     reporter = ui.BarReporter() if interactive else ui.LineReporter()
+    reporter.verbose = verbose
     report = run_apply(
         ws,
         request,
@@ -231,7 +235,7 @@ def apply(
     )
     if json_out:
         ui.print_json(report)
-    ui.print_summary(report)
+    ui.print_summary(report, verbose=verbose)
     raise typer.Exit(report.exit_code)
 
 

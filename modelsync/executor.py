@@ -17,13 +17,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from modelsync.aria2 import Aria2Daemon, Aria2RpcError, DownloadStatus
+from modelsync.aria2.words import describe
 from modelsync.errors import Aria2Unavailable, ModelsyncError
 from modelsync.hashing import FileHashes, PrefixHasher, hash_file
 from modelsync.layout import PARTIAL_SUFFIX, Layout
 from modelsync.partials import partial_bytes
 from modelsync.progress import NullReporter, Reporter
 from modelsync.reconcile import Action, ActionKind, Plan, hash_mismatches
-from modelsync.redact import host_of, redact
+from modelsync.redact import redact
 from modelsync.remote import Desired, RemoteFile
 from modelsync.results import EntryResult, Status
 from modelsync.state import StateDB
@@ -32,8 +33,6 @@ MIB = 1 << 20
 HASH_STEP = 32 * MIB  # hash a download's finished prefix in steps of at least this
 MIN_SEGMENT = 8 * MIB  # aria2 splits files in segments of at least this much
 MAX_CONNECTIONS = 16  # aria2's cap per server
-# aria2 error codes that retrying the same URL cannot fix (see aria2c(1), EXIT STATUS).
-PERMANENT_ERRORS = {3, 9, 16, 17, 24}
 
 
 class Cancelled(Exception):
@@ -80,6 +79,7 @@ class Job:
     retry_at: float | None = None
     repairing: bool = False  # a verify that failed turns into a repair
     prefix: PrefixHasher | None = None  # hashes the finished prefix during the download
+    cause: str | None = None  # aria2's words for the last failure (apply --verbose)
 
     @property
     def desired(self) -> Desired:
@@ -297,7 +297,9 @@ class Executor:
         try:
             job.gid = self.daemon.add(list(remote.urls), options)
         except Aria2RpcError as exc:  # this entry's options or URLs; the daemon is fine
-            self._fail(job, str(exc))
+            url = redact(remote.urls[0], self.secrets) if remote.urls else "?"
+            job.cause = str(exc)
+            self._fail(job, f"cannot start the download of {url}: aria2 rejected it")
             return
         except Aria2Unavailable as exc:
             self._fail(job, f"aria2 is not available ({exc.message})")
@@ -357,13 +359,13 @@ class Executor:
         job.gid = None
 
     def _transient_or_fail(self, job: Job, st: DownloadStatus) -> None:
-        remote = job.remote
-        host = host_of(remote.urls[0]) if remote else "?"
-        message = redact(f"{host}: aria2 error {st.error_code}: {st.error_message}", self.secrets)
-        if st.error_code in PERMANENT_ERRORS:
-            self._fail(job, message)
+        urls = job.remote.urls if job.remote else ()
+        failure = describe(st.error_code, st.error_message, urls, self.secrets)
+        job.cause = failure.cause
+        if failure.permanent:
+            self._fail(job, failure.message)
         else:
-            self._retry(job, message)
+            self._retry(job, failure.message)
 
     def _retry(self, job: Job, why: str) -> None:
         if job.attempts >= self.options.max_attempts:
@@ -372,6 +374,7 @@ class Executor:
         job.prefix = None  # the retry may rewrite bytes already hashed: start over
         job.retry_at = time.monotonic() + min(2 ** (job.attempts - 1), 30)
         self.reporter.warn(f"{job.desired.name}: {why}; retrying")
+        job.cause = None  # the next failure brings its own
         self.waiting.append(job)
 
     # ---- hashing (in worker threads: no state.db, no reporter) -----------------
@@ -497,6 +500,7 @@ class Executor:
             d.size,
             job.transferred,
             redact(error, self.secrets),
+            cause=redact(job.cause, self.secrets) if job.cause else None,
         )
         self.results[d.name] = result
         self.reporter.file_finished(result)

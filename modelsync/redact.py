@@ -11,7 +11,9 @@ _URL_RE: Final = re.compile(
     r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.\-]*://)"
     r"(?P<userinfo>[^/\s?#@]*@)?"
     r"(?P<hostpath>[^\s?#\"'<>]*)"
-    r"(?P<rest>[?#][^\s\"'<>]*)?"
+    # Trailing punctuation (";", ",", ".", ":", ")") belongs to the sentence, not the
+    # query: "https://h/f?…; check the URL" redacts to itself again.
+    r"(?:(?P<rest>[?#][^\s\"'<>]*?)(?=[;,.:)]*(?:[\s\"'<>]|$)))?"
 )
 _BEARER = re.compile(r"(Bearer\s+)[^\s'\"]+", re.IGNORECASE)
 

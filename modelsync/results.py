@@ -38,6 +38,7 @@ class EntryResult:
     bytes_downloaded: int = 0
     error: str | None = None
     detail: str = ""  # human-only explanation (why an action was chosen)
+    cause: str | None = None  # a failure in aria2's own words, for `apply --verbose`
 
 
 @dataclass(frozen=True)

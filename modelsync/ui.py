@@ -265,6 +265,8 @@ class LineReporter:
     """No terminal (or --no-progress): a line when each file starts and finishes, and a
     summary line at least every 10 s, so that a CI log is never silent for long."""
 
+    verbose = False  # apply --verbose: a failure's cause in aria2's words too
+
     def __init__(self, console: Console = err_console) -> None:
         self.console = console
         self.totals = Totals()
@@ -307,6 +309,8 @@ class LineReporter:
             line += f"  ({human_size(result.bytes_downloaded)})"
         if result.error:
             line += f"\n            [red]{escape(result.error)}[/]"
+        if result.cause and self.verbose:
+            line += f"\n            [dim]cause: {escape(result.cause)}[/]"
         self.console.print(line)
 
     def warn(self, message: str) -> None:
@@ -398,7 +402,7 @@ def print_checks_json(checks: Sequence[Check]) -> None:
     sys.stdout.write(json.dumps(doc, indent=2) + "\n")
 
 
-def print_summary(report: Report) -> None:
+def print_summary(report: Report, verbose: bool = False) -> None:
     """apply's closing lines: counts, bytes, time, average speed, unmanaged files."""
     counts = ", ".join(f"{report.count(s)} {s.value}" for s in Status if report.count(s))
     speed = report.download_bytes / report.elapsed if report.elapsed else 0
@@ -420,6 +424,8 @@ def print_summary(report: Report) -> None:
             error = e.error or ""
             named = error if error.startswith(f"{e.name}: ") else f"{e.name}: {error}"
             err_console.print(f"[red]failed:[/] {escape(named)}")
+            if verbose and e.cause:
+                err_console.print(f"        [dim]cause: {escape(e.cause)}[/]")
 
 
 def print_lock(result: LockResult) -> None:

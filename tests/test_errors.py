@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import socket
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from tests.clirun import Run, modelsync
 from tests.conftest import blob, serve, write_manifest
 from tests.servers import FileServer
+from tests.servers.fileserver import SIGNATURE_MARK
 
 MIB = 1 << 20
 
@@ -77,3 +81,74 @@ def test_pin_from_the_lock_that_upstream_changed_names_the_lock(
     assert "the pin in models.lock may be wrong or the file changed upstream" in error
     assert f"expected {served.sha256}, got {actual}" in error
     assert full_downloads(fileserver, "/model.bin", MIB) == 2
+
+
+# ---- errors in words ---------------------------------------------------------------------
+
+ARIA2_INTERNALS = ("aria2 error", "CUID#", "errorCode")
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def apply_human(tmp_path: Path, url: str, *args: str) -> Run:
+    manifest = write_manifest(tmp_path / "models.toml", [{"url": url, "filename": "m.bin"}])
+    return modelsync("apply", manifest, *args)
+
+
+def assert_plain(run: Run) -> None:
+    """Failed (exit 1), never retried, no aria2 internals, no signature."""
+    assert run.code == 1, run.stderr
+    for internal in ARIA2_INTERNALS:
+        assert internal not in run.stderr
+    assert "retrying" not in run.stderr  # a permanent error: no attempts with backoff
+    assert SIGNATURE_MARK not in run.stderr + run.stdout
+
+
+@pytest.mark.parametrize(
+    ("status", "words"),
+    [
+        (404, " (not found); check the URL"),
+        (401, " (unauthorized); the server wants credentials"),
+        (403, "; the server wants credentials"),
+    ],
+)
+def test_http_error_names_status_and_url_without_its_query(
+    tmp_path: Path, fileserver: FileServer, status: int, words: str
+) -> None:
+    if status != 404:
+        fileserver.add_bytes("/m.bin", b"x" * 100)
+        fileserver.set_faults("/m.bin", fail_first=100, fail_status=status)
+    url = fileserver.url_for("/m.bin") + f"?X-Amz-Signature={SIGNATURE_MARK}abc"
+    run = apply_human(tmp_path, url)
+    assert_plain(run)
+    assert f"HTTP {status} from {fileserver.url}/m.bin?…{words}" in " ".join(run.stderr.split())
+    assert len([r for r in fileserver.requests if r.path == "/m.bin"]) == 1
+
+
+def test_verbose_keeps_aria2s_words_apart(tmp_path: Path, fileserver: FileServer) -> None:
+    url = fileserver.url_for("/missing.bin")
+    run = apply_human(tmp_path, url, "--verbose")
+    assert run.code == 1, run.stderr
+    assert f"HTTP 404 from {url} (not found)" in run.stderr
+    assert "cause: aria2 error 3: Resource not found" in run.stderr
+    manifest = tmp_path / "models.toml"
+    quiet, doc = apply_json(manifest)
+    assert "aria2 error" not in quiet.stderr + quiet.stdout  # --json: the words only
+    assert only_entry(doc)["error"].startswith(f"HTTP 404 from {url} (not found)")
+
+
+def test_connection_refused_names_host_and_port(tmp_path: Path) -> None:
+    port = closed_port()
+    run = apply_human(tmp_path, f"http://127.0.0.1:{port}/m.bin")
+    assert_plain(run)
+    assert f"connection refused by 127.0.0.1:{port}" in run.stderr
+
+
+def test_unresolvable_host_is_named(tmp_path: Path) -> None:
+    run = apply_human(tmp_path, "http://nonexistent.invalid/m.bin")
+    assert_plain(run)
+    assert "cannot resolve host nonexistent.invalid" in run.stderr
