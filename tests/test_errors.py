@@ -10,9 +10,11 @@ from typing import Any
 
 import pytest
 
+from modelsync.aria2.words import describe
+from modelsync.redact import redact
 from tests.clirun import Run, modelsync
 from tests.conftest import blob, serve, write_manifest
-from tests.servers import FileServer
+from tests.servers import FakeHub, FileServer
 from tests.servers.fileserver import SIGNATURE_MARK
 
 MIB = 1 << 20
@@ -83,6 +85,24 @@ def test_pin_from_the_lock_that_upstream_changed_names_the_lock(
     assert full_downloads(fileserver, "/model.bin", MIB) == 2
 
 
+def test_hash_the_hub_publishes_is_named_as_the_pin(tmp_path: Path) -> None:
+    data = blob(MIB + 11, seed=4)
+    with FakeHub() as hub:
+        hub.add_repo("org/model", {"model.safetensors": data})
+        hub.cdn.faults.corrupt_at = 500_007  # the CDN sends other bytes than the Hub's LFS pin
+        manifest = write_manifest(
+            tmp_path / "models.toml", [{"hf": "org/model", "file": "model.safetensors"}]
+        )
+        env = {"HF_ENDPOINT": hub.url, "HF_HOME": str(tmp_path / "hf-home"), "HF_TOKEN": ""}
+        run = modelsync("apply", manifest, "--json", env=env)
+    assert run.code == 1, run.stderr
+    error = only_entry(json.loads(run.stdout))["error"]
+    assert error.startswith("the server sends the same bytes twice (sha256 ")
+    host = hub.url.removeprefix("http://")
+    assert f"the hash that {host} publishes may be wrong or the file changed upstream" in error
+    assert f"sha256 expected {hashlib.sha256(data).hexdigest()}, got " in error
+
+
 # ---- errors in words ---------------------------------------------------------------------
 
 ARIA2_INTERNALS = ("aria2 error", "CUID#", "errorCode")
@@ -148,7 +168,51 @@ def test_connection_refused_names_host_and_port(tmp_path: Path) -> None:
     assert f"connection refused by 127.0.0.1:{port}" in run.stderr
 
 
+def test_civitai_unreachable_says_why(tmp_path: Path) -> None:
+    port = closed_port()
+    manifest = write_manifest(tmp_path / "models.toml", [{"civitai": 123}])
+    run = modelsync("apply", manifest, env={"CIVITAI_ENDPOINT": f"http://127.0.0.1:{port}"})
+    assert run.code == 1, run.stderr
+    assert f"cannot reach 127.0.0.1:{port} (connection refused)" in run.stderr
+    assert "ConnectionError" not in run.stderr
+
+
 def test_unresolvable_host_is_named(tmp_path: Path) -> None:
     run = apply_human(tmp_path, "http://nonexistent.invalid/m.bin")
     assert_plain(run)
     assert "cannot resolve host nonexistent.invalid" in run.stderr
+
+
+# aria2's (code, errorMessage) pairs as tellStatus reports them (aria2 1.37).
+@pytest.mark.parametrize(
+    ("code", "message", "words", "permanent"),
+    [
+        (22, "The response status is not successful. status=503", "HTTP 503 from", False),
+        (22, "The response status is not successful. status=403", "HTTP 403 from", True),
+        (2, "Timeout.", "timed out waiting for cdn.example:443", False),
+        (1, "SSL/TLS handshake failure: certificate verify failed", "TLS error with cdn", True),
+        (
+            19,
+            "CUID#7 - Name resolution for cdn.example failed:Temporary failure in name resolution",
+            "cannot resolve host cdn.example",
+            False,
+        ),
+        (9, "No space left on device", "not enough disk space", True),
+    ],
+)
+def test_aria2_failures_in_words(code: int, message: str, words: str, permanent: bool) -> None:
+    urls = (f"https://cdn.example/f.bin?X-Amz-Signature={SIGNATURE_MARK}1", "https://m.example/f")
+    failure = describe(code, message, urls)
+    assert words in failure.message
+    assert failure.permanent is permanent
+    assert "CUID#" not in failure.message and "aria2" not in failure.message
+    assert SIGNATURE_MARK not in failure.message
+    assert failure.cause == f"aria2 error {code}: {message}"
+    if failure.message.startswith("HTTP"):
+        assert "https://cdn.example/f.bin?… (and 1 mirror(s))" in failure.message
+
+
+def test_redaction_keeps_the_sentence_after_a_url() -> None:
+    text = f"HTTP 404 from https://h/f.bin?sig={SIGNATURE_MARK}; check the URL"
+    assert redact(text) == "HTTP 404 from https://h/f.bin?…; check the URL"
+    assert redact(redact(text)) == redact(text)

@@ -299,7 +299,11 @@ def _auth_error(entry: Entry, ctx: SourceContext, ref: CivitaiRef) -> NoReturn:
 
 
 def _unreachable(entry: Entry, ctx: SourceContext, url: str, exc: Exception) -> NoReturn:
-    reason = type(exc).__name__
+    # Imported here: doctor imports the sources. "connection refused", "name resolution
+    # failed", "timeout": what requests' exception class name (ConnectionError) hides.
+    from modelsync.doctor import error_kind
+
+    reason = error_kind(exc)
     hint = "check the network connection and proxy settings" + (
         f", and CIVITAI_ENDPOINT ({endpoint(ctx.env)})" if endpoint(ctx.env) != CIVITAI else ""
     )
