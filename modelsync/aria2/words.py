@@ -49,7 +49,17 @@ def describe(
         url += f" (and {len(urls) - 1} mirror(s))"
     host = redact(_host_port(urls[0]), secrets) if urls else "?"
     text, permanent = _words(code or 0, raw, url, host)
-    return Failure(text, permanent or code in _PERMANENT_CODES, cause)
+    permanent = permanent or code in _PERMANENT_CODES
+    if permanent and _refused_access(code, raw) and urls and "?" in urls[0]:
+        # A signed link (S3-style query string) may just have expired: the retry
+        # resolves the entry again and gets a fresh one.
+        permanent = False
+    return Failure(text, permanent, cause)
+
+
+def _refused_access(code: int | None, raw: str) -> bool:
+    status = _STATUS.search(raw)
+    return code == 24 or (status is not None and status[1] in ("401", "403"))
 
 
 def _words(code: int, raw: str, url: str, host: str) -> tuple[str, bool]:
