@@ -362,7 +362,9 @@ class Executor:
         urls = job.remote.urls if job.remote else ()
         failure = describe(st.error_code, st.error_message, urls, self.secrets)
         job.cause = failure.cause
-        if failure.permanent:
+        # A host that served part of this file and then went away may be restarting:
+        # only one that never answered fails at once.
+        if failure.permanent and not (failure.unreachable and job.transferred > 0):
             self._fail(job, failure.message)
         else:
             self._retry(job, failure.message)

@@ -35,6 +35,11 @@ class Failure:
     permanent: bool  # retrying the same URL cannot help
     cause: str  # aria2's own words (redacted), for --verbose
 
+    @property
+    def unreachable(self) -> bool:
+        """The host did not answer at all (unknown, or refused the connection)."""
+        return self.message.startswith(("cannot resolve host", "connection refused by"))
+
 
 def describe(
     code: int | None, message: str | None, urls: tuple[str, ...], secrets: tuple[str, ...] = ()
