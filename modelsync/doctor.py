@@ -24,7 +24,7 @@ from modelsync.results import existing_ancestor, free_bytes
 from modelsync.sources import SourceContext
 from modelsync.sources import civitai as civitai_source
 from modelsync.sources import huggingface as hf_source
-from modelsync.sources.http import bearer
+from modelsync.sources.http import bearer, error_kind
 
 if TYPE_CHECKING:
     import requests
@@ -250,30 +250,6 @@ def _unreachable(hub: Hub, proxy: str | None, exc: Exception) -> list[Check]:
             fixes.get(kind, "check the network connection and proxy settings"),
         )
     return [check, _token_check(hub, None, None)]
-
-
-def error_kind(exc: Exception) -> str:
-    """The user's words for why a request failed (requests nests urllib3's reason in text)."""
-    import requests
-
-    if isinstance(exc, requests.exceptions.Timeout):
-        return "timeout"
-    if isinstance(exc, requests.exceptions.SSLError):
-        return "TLS error"
-    text = str(exc)
-    if any(
-        word in text
-        for word in ("NameResolutionError", "Name or service not known", "name resolution",
-                     "nodename nor servname", "getaddrinfo failed")
-    ):  # fmt: skip
-        return "name resolution failed"
-    if "Connection refused" in text or "ConnectionRefusedError" in text:
-        return "connection refused"
-    if "timed out" in text:
-        return "timeout"
-    if "Connection reset" in text or "RemoteDisconnected" in text:
-        return "connection reset"
-    return "connection failed"
 
 
 def proxy_for(url: str) -> str | None:

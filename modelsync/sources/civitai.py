@@ -20,7 +20,7 @@ from modelsync.errors import SourceError, SourceUnreachable
 from modelsync.manifest import Entry
 from modelsync.redact import host_of
 from modelsync.remote import RemoteFile
-from modelsync.sources.http import bearer, origin
+from modelsync.sources.http import bearer, error_kind, origin
 from modelsync.sources.url import mirror_urls
 
 if TYPE_CHECKING:
@@ -299,10 +299,8 @@ def _auth_error(entry: Entry, ctx: SourceContext, ref: CivitaiRef) -> NoReturn:
 
 
 def _unreachable(entry: Entry, ctx: SourceContext, url: str, exc: Exception) -> NoReturn:
-    # Imported here: doctor imports the sources. "connection refused", "name resolution
-    # failed", "timeout": what requests' exception class name (ConnectionError) hides.
-    from modelsync.doctor import error_kind
-
+    # "connection refused", "name resolution failed", "timeout": what requests' exception
+    # class name (ConnectionError) hides.
     reason = error_kind(exc)
     hint = "check the network connection and proxy settings" + (
         f", and CIVITAI_ENDPOINT ({endpoint(ctx.env)})" if endpoint(ctx.env) != CIVITAI else ""

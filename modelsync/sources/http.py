@@ -28,3 +28,27 @@ def same_origin(a: str, b: str) -> bool:
 
 def bearer(token: str | None) -> tuple[tuple[str, str], ...]:
     return (("Authorization", f"Bearer {token}"),) if token else ()
+
+
+def error_kind(exc: Exception) -> str:
+    """The user's words for why a request failed (requests nests urllib3's reason in text)."""
+    import requests
+
+    if isinstance(exc, requests.exceptions.Timeout):
+        return "timeout"
+    if isinstance(exc, requests.exceptions.SSLError):
+        return "TLS error"
+    text = str(exc)
+    if any(
+        word in text
+        for word in ("NameResolutionError", "Name or service not known", "name resolution",
+                     "nodename nor servname", "getaddrinfo failed")
+    ):  # fmt: skip
+        return "name resolution failed"
+    if "Connection refused" in text or "ConnectionRefusedError" in text:
+        return "connection refused"
+    if "timed out" in text:
+        return "timeout"
+    if "Connection reset" in text or "RemoteDisconnected" in text:
+        return "connection reset"
+    return "connection failed"
