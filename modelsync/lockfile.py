@@ -139,6 +139,11 @@ def plain_url(url: str, secrets: Iterable[str] = ()) -> str | None:
     return clean
 
 
+def lock_table(name: str) -> str:
+    """The header of entry `name`'s table in the lock, as a user finds it there."""
+    return f"[models.{_toml_str(name)}]"
+
+
 def desired_from_lock(entry: Entry, locked: LockedEntry, pin_origin: str = "") -> Desired:
     """What a current lock entry wants on disk (the manifest's own pins win).
 
@@ -229,7 +234,7 @@ def dumps_lock(lock: Lock, manifest_name: str) -> str:
     for name in sorted(lock.models):
         locked = lock.models[name]
         lines.append("")
-        lines.append(f"[models.{_toml_str(name)}]")
+        lines.append(lock_table(name))
         values = locked.model_dump()
         for key in _KEY_ORDER:
             value = values[key]

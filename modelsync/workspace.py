@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from modelsync.errors import ModelsyncError, SourceError, SourceUnreachable
 from modelsync.inventory import find_unmanaged, observe
 from modelsync.layout import Layout
-from modelsync.lockfile import Lock, desired_from_lock, read_lock, source_entry
+from modelsync.lockfile import Lock, desired_from_lock, lock_table, read_lock, source_entry
 from modelsync.manifest import (
     Entry,
     Manifest,
@@ -177,7 +177,8 @@ class Workspace:
         for entry in self.entries:
             locked = self.lock.current(entry) if self.lock is not None else None
             if locked is not None:
-                origin = pin_origin(self.manifest, entry, f"the pin in {lock_name}")
+                in_lock = f"the pin in {lock_name} {lock_table(entry.display_name)}"
+                origin = pin_origin(self.manifest, entry, in_lock)
                 desired = desired_from_lock(entry, locked, origin)
                 target = Target(source_entry(entry, locked), desired)
                 out[entry.display_name] = target

@@ -80,7 +80,8 @@ def test_pin_from_the_lock_that_upstream_changed_names_the_lock(
     actual = hashlib.sha256(changed).hexdigest()
     error = only_entry(doc)["error"]
     assert error.startswith(f"the server sends the same bytes twice (sha256 {actual}); ")
-    assert "the pin in models.lock may be wrong or the file changed upstream" in error
+    in_lock = 'the pin in models.lock [models."model.bin"]'  # the table that holds it
+    assert f"{in_lock} may be wrong or the file changed upstream" in error
     assert f"expected {served.sha256}, got {actual}" in error
     assert full_downloads(fileserver, "/model.bin", MIB) == 2
 
@@ -131,9 +132,9 @@ def assert_plain(run: Run) -> None:
 @pytest.mark.parametrize(
     ("status", "words"),
     [
-        (404, " (not found); check the URL"),
-        (401, " (unauthorized); the server wants credentials"),
-        (403, "; the server wants credentials"),
+        (404, "Not Found from {url}; check the URL"),
+        (401, "Unauthorized from {url}; the server wants credentials"),
+        (403, "Forbidden from {url}; the server wants credentials"),
     ],
 )
 def test_http_error_names_status_and_url_without_its_query(
@@ -148,7 +149,7 @@ def test_http_error_names_status_and_url_without_its_query(
     run = apply_human(tmp_path, fileserver.url_for("/m.bin") + query)
     assert_plain(run)
     shown = f"{fileserver.url}/m.bin{'?…' if query else ''}"
-    assert f"HTTP {status} from {shown}{words}" in " ".join(run.stderr.split())
+    assert f"HTTP {status} {words.format(url=shown)}" in " ".join(run.stderr.split())
     assert len([r for r in fileserver.requests if r.path == "/m.bin"]) == 1
 
 
@@ -156,12 +157,12 @@ def test_verbose_keeps_aria2s_words_apart(tmp_path: Path, fileserver: FileServer
     url = fileserver.url_for("/missing.bin")
     run = apply_human(tmp_path, url, "--verbose")
     assert run.code == 1, run.stderr
-    assert f"HTTP 404 from {url} (not found)" in run.stderr
+    assert f"HTTP 404 Not Found from {url}; check the URL" in run.stderr
     assert "cause: aria2 error 3: Resource not found" in run.stderr
     manifest = tmp_path / "models.toml"
     quiet, doc = apply_json(manifest)
     assert "aria2 error" not in quiet.stderr + quiet.stdout  # --json: the words only
-    assert only_entry(doc)["error"].startswith(f"HTTP 404 from {url} (not found)")
+    assert only_entry(doc)["error"].startswith(f"HTTP 404 Not Found from {url}; check the URL")
 
 
 def test_connection_refused_names_host_and_port(tmp_path: Path) -> None:
@@ -186,16 +187,42 @@ def test_unresolvable_host_is_named(tmp_path: Path) -> None:
     assert "cannot resolve host nonexistent.invalid" in run.stderr
 
 
+def test_server_error_is_retried_in_words(tmp_path: Path, fileserver: FileServer) -> None:
+    served = serve(fileserver, "/m.bin", 1000, seed=5)
+    fileserver.set_faults("/m.bin", fail_first=1, fail_status=500)  # aria2 does not retry a 500
+    run = apply_human(tmp_path, served.url)
+    assert run.code == 0, run.stderr
+    warning = f"m.bin: HTTP 500 Internal Server Error from {served.url}; retrying"
+    assert warning in " ".join(run.stderr.split())
+    for internal in ARIA2_INTERNALS:
+        assert internal not in run.stderr
+    assert (tmp_path / "models" / "m.bin").read_bytes() == served.data
+
+
+def test_tls_error_names_host_and_port(tmp_path: Path, fileserver: FileServer) -> None:
+    url = fileserver.add_bytes("/m.bin", b"x" * 100).replace("http://", "https://")
+    run = apply_human(tmp_path, url)  # an https URL of a plain HTTP server
+    assert_plain(run)
+    host = url.removeprefix("https://").split("/")[0]
+    assert f"TLS error with {host} (the handshake failed, or its certificate" in run.stderr
+
+
 # aria2's (code, errorMessage) pairs as tellStatus reports them (aria2 1.37).
 @pytest.mark.parametrize(
     ("code", "message", "words", "permanent"),
     [
-        (22, "The response status is not successful. status=503", "HTTP 503 from", False),
+        (29, "The response status is not successful. status=503", "HTTP 503 Service", False),
         # A signed link: 403 may mean "expired", and a retry re-resolves it.
-        (22, "The response status is not successful. status=403", "HTTP 403 from", False),
-        (22, "The response status is not successful. status=410", "HTTP 410 from", True),
+        (22, "The response status is not successful. status=403", "HTTP 403 Forbidden", False),
+        (22, "The response status is not successful. status=410", "HTTP 410 Gone from", True),
+        (22, "The response status is not successful. status=599", "HTTP 599 from", False),
         (2, "Timeout.", "timed out waiting for cdn.example:443", False),
-        (1, "SSL/TLS handshake failure: certificate verify failed", "TLS error with cdn", True),
+        (
+            1,
+            "SSL/TLS handshake failure: certificate verify failed",
+            "TLS error with cdn.example:443",
+            True,
+        ),
         (
             19,
             "CUID#7 - Name resolution for cdn.example failed:Temporary failure in name resolution",

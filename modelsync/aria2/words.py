@@ -2,7 +2,7 @@
 
 aria2 reports an exit-status code (aria2c(1), EXIT STATUS) and a message written for its
 own log ("CUID#20 - Name resolution for … failed"); neither names the URL. Here they become
-"HTTP 404 from https://host/path", "cannot resolve host …", "connection refused by
+"HTTP 404 Not Found from https://host/path", "cannot resolve host …", "connection refused by
 host:port", and whether retrying the same URL could help. aria2's own text stays in
 `Failure.cause`, for `apply --verbose`.
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Final
 from urllib.parse import urlsplit
 
@@ -71,10 +72,10 @@ def _words(code: int, raw: str, url: str, host: str) -> tuple[str, bool]:
     low = raw.lower()
     status = _STATUS.search(raw)
     name = host.rsplit(":", 1)[0]
-    if code == 3:
-        return f"HTTP 404 from {url} (not found); check the URL", True
-    if code == 24:
-        return f"HTTP 401 from {url} (unauthorized); {_AUTH_HINT}", True
+    if code == 3:  # aria2 reports a 404 as "resource not found", without the status
+        return _http_status(404, url)
+    if code == 24:  # and a 401 as "authorization failed"
+        return _http_status(401, url)
     if status is not None:
         return _http_status(int(status[1]), url)
     if code == 19 or "name resolution" in low:
@@ -84,7 +85,10 @@ def _words(code: int, raw: str, url: str, host: str) -> tuple[str, bool]:
     if "connection refused" in low:
         return f"connection refused by {host}; is the server up and the port right?", True
     if "certificate" in low or "tls" in low or "ssl" in low:
-        return f"TLS error with {name}: its certificate or handshake was not accepted", True
+        return (
+            f"TLS error with {host} (the handshake failed, or its certificate is not trusted)",
+            True,
+        )
     if code == 2 or "timeout" in low or "timed out" in low:
         return f"timed out waiting for {host}", False
     if code == 9:
@@ -101,13 +105,15 @@ def _words(code: int, raw: str, url: str, host: str) -> tuple[str, bool]:
 
 
 def _http_status(status: int, url: str) -> tuple[str, bool]:
-    text = f"HTTP {status} from {url}"
+    """The status by number and name ("HTTP 404 Not Found from <url>"), and what to do."""
+    try:
+        text = f"HTTP {status} {HTTPStatus(status).phrase} from {url}"
+    except ValueError:  # a status without a standard name
+        text = f"HTTP {status} from {url}"
     if status in (401, 403):
         return f"{text}; {_AUTH_HINT}", True
     if status in (404, 410):
-        return f"{text} (gone); check the URL", True
-    if status >= 500:
-        return f"{text} (server error)", False
+        return f"{text}; check the URL", True
     return text, status in _PERMANENT_STATUS
 
 
