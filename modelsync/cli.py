@@ -114,7 +114,7 @@ def plan(
     ] = False,
 ) -> None:
     """Show what apply would do. Never downloads, never writes to the models folder."""
-    from modelsync.commands import run_plan
+    from modelsync.commands.plan import run_plan
 
     ws = open_workspace(manifest, root, only, create_root=create_root, announce=not json_out)
     report, the_plan = run_plan(ws)
@@ -137,7 +137,7 @@ def verify(
     json_out: JsonOpt = False,
 ) -> None:
     """Hash every present file and report missing or corrupt ones."""
-    from modelsync.commands import run_verify
+    from modelsync.commands.verify import run_verify
 
     ws = open_workspace(manifest, root, only, announce=not json_out)
     report = run_verify(ws, strict=strict)
@@ -196,7 +196,7 @@ def apply(
     ] = False,
 ) -> None:
     """Make the models folder match the manifest: download, repair, verify."""
-    from modelsync.apply import ApplyRequest, run_apply
+    from modelsync.commands.apply import ApplyRequest, run_apply
     from modelsync.manifest import parse_rate
 
     if prune and not yes and not sys.stdin.isatty():
@@ -251,7 +251,7 @@ def lock(
     no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bars.")] = False,
 ) -> None:
     """Pin every entry in <manifest stem>.lock (downloads only files that no hash pins)."""
-    from modelsync.lockcmd import run_lock
+    from modelsync.commands.lock import run_lock
 
     ws = open_workspace(manifest, root, None, create_root=create_root)
     interactive = ui.err_console.is_terminal and not no_progress
@@ -285,7 +285,7 @@ def add(
     ] = None,
 ) -> None:
     """Resolve SOURCE and append it to the manifest, with its size and sha256."""
-    from modelsync.addcmd import run_add
+    from modelsync.commands.add import run_add
 
     ui.print_added(run_add(manifest, source, folder, name, dict(os.environ)))
 
@@ -302,7 +302,7 @@ def doctor(
 
     Each check says ok, warn or fail, with a fix; exit 1 when any check fails.
     """
-    from modelsync.doctor import root_without_manifest, run_doctor
+    from modelsync.commands.doctor import root_without_manifest, run_doctor
 
     env = dict(os.environ)
     # The root as apply would choose it, without creating it: a missing --root is a check

@@ -28,13 +28,13 @@ from modelsync.results import EntryResult, Report, Status
 from modelsync.units import human_size
 
 if TYPE_CHECKING:
-    from modelsync.addcmd import AddResult
-    from modelsync.lockcmd import LockResult
+    from modelsync.commands.add import AddResult
+    from modelsync.commands.lock import LockResult
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
-    from modelsync.doctor import Check
+    from modelsync.commands.doctor import Check
 
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 

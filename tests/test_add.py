@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from modelsync.addcmd import parse_source
+from modelsync.commands.add import parse_source
 from modelsync.manifest import load_manifest
 from tests.clirun import modelsync
 from tests.conftest import blob, serve

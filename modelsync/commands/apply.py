@@ -14,7 +14,7 @@ import filelock
 if TYPE_CHECKING:
     from modelsync.aria2 import Aria2Daemon
 
-from modelsync.commands import failed_targets, unpinned_warnings
+from modelsync.commands.common import failed_targets, unpinned_warnings
 from modelsync.errors import EXIT_USAGE, ModelsyncError
 from modelsync.orphan import wait_for_orphan_daemon
 from modelsync.progress import NullReporter, Reporter

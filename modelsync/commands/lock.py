@@ -27,7 +27,7 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 from pathlib import Path
 
-from modelsync.apply import ApplyRequest, run_apply
+from modelsync.commands.apply import ApplyRequest, run_apply
 from modelsync.errors import EXIT_FAILED, EXIT_OK, ModelsyncError
 from modelsync.lockfile import Lock, LockedEntry, fingerprint, plain_url, write_lock
 from modelsync.manifest import Entry
