@@ -1,0 +1,1 @@
+"""Tests of the commands, mostly through the real CLI against local servers."""

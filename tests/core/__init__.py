@@ -1,0 +1,1 @@
+"""Tests of the core modules, one file per module or package."""
