@@ -1,4 +1,7 @@
-"""Carry out a Plan: hash in place, download through aria2, verify, move into place.
+"""Carry out a Plan: schedule the work, poll aria2, hash, and collect every outcome.
+
+One download's own state and files live in download.py, putting a file in place in
+placement.py; this module decides what happens next to each of them.
 
 One failing entry never stops the others: every outcome becomes an EntryResult.
 A file reaches its final path only after its size and every pinned hash matched.
@@ -6,33 +9,29 @@ A file reaches its final path only after its size and every pinned hash matched.
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
 from modelsync.aria2 import Aria2Daemon, Aria2RpcError, DownloadStatus
 from modelsync.aria2.words import describe
+from modelsync.download import MIB, Job, aria2_options, discard_stale_partial, tmp_complete
 from modelsync.errors import Aria2Unavailable, ModelsyncError
 from modelsync.hashing import FileHashes, PrefixHasher, hash_file
-from modelsync.layout import PARTIAL_SUFFIX, Layout
+from modelsync.layout import Layout
 from modelsync.partials import partial_bytes
+from modelsync.placement import place, remove
 from modelsync.progress import NullReporter, Reporter
-from modelsync.reconcile import Action, ActionKind, Plan, hash_mismatches
+from modelsync.reconcile import ActionKind, Plan, hash_mismatches
 from modelsync.redact import redact
 from modelsync.remote import Desired, RemoteFile
 from modelsync.results import EntryResult, Status
 from modelsync.state import StateDB
 
-MIB = 1 << 20
 HASH_STEP = 32 * MIB  # hash a download's finished prefix in steps of at least this
-MIN_SEGMENT = 8 * MIB  # aria2 splits files in segments of at least this much
-MAX_CONNECTIONS = 16  # aria2's cap per server
 
 
 class Cancelled(Exception):
@@ -47,56 +46,9 @@ class ApplyOptions:
     poll_interval: float = 0.2
 
 
-def connections_for(size: int | None, override: int = 0) -> int:
-    """One connection per 8 MiB segment, up to aria2's 16 (a 64 MiB file gets 8)."""
-    if override:
-        return min(override, MAX_CONNECTIONS)
-    if size is None:
-        return MAX_CONNECTIONS
-    return max(1, min(MAX_CONNECTIONS, math.ceil(size / MIN_SEGMENT)))
-
-
 # (entry name, fresh) → where aria2 can fetch it right now. Called at every add: the first
 # time fresh=False (a cached answer will do), on retries fresh=True (signed URLs expire).
 Resolver = Callable[[str, bool], RemoteFile]
-
-
-@dataclass
-class Job:
-    """One entry being brought into place."""
-
-    action: Action
-    remote: RemoteFile | None
-    tmp: Path
-    gid: str | None = None
-    attempts: int = 0
-    corrupt_retries: int = 0
-    rejected: FileHashes | None = None  # the first download that did not match its pins
-    start_bytes: int = 0  # bytes already in tmp/ when we started (resume)
-    done_bytes: int = 0
-    earlier: int = 0  # bytes transferred by attempts that started over (a corrupt download)
-    last_change: float = field(default_factory=time.monotonic)
-    retry_at: float | None = None
-    repairing: bool = False  # a verify that failed turns into a repair
-    prefix: PrefixHasher | None = None  # hashes the finished prefix during the download
-    cause: str | None = None  # aria2's words for the last failure (apply --verbose)
-
-    @property
-    def desired(self) -> Desired:
-        return self.action.desired
-
-    @property
-    def transferred(self) -> int:
-        """Bytes really fetched for this entry, every attempt counted, partials not."""
-        return self.earlier + max(self.done_bytes - self.start_bytes, 0)
-
-    @property
-    def control(self) -> Path:
-        return self.tmp.with_name(self.tmp.name + PARTIAL_SUFFIX)
-
-    @property
-    def sidecar(self) -> Path:
-        return self.tmp.with_name(self.tmp.name + ".want")
 
 
 @dataclass(frozen=True)
@@ -212,8 +164,8 @@ class Executor:
         self.hashing[self.pool.submit(fn, job)] = job
 
     def _start_download(self, job: Job) -> None:
-        self._discard_stale_partial(job)
-        if self.tmp_complete(job):
+        discard_stale_partial(job)
+        if tmp_complete(job):
             # Downloaded before a crash, never placed: verify it instead of fetching again.
             self._submit(job, self._verify_and_place)
             return
@@ -225,34 +177,6 @@ class Executor:
             d.name, d.path, d.size if d.size is not None else d.estimated_size, job.start_bytes
         )
         self._add_to_aria2(job, fresh=False)
-
-    def tmp_complete(self, job: Job) -> bool:
-        """A file in tmp/ without its control file is either finished or garbage."""
-        if not job.tmp.exists() or job.control.exists():
-            return False
-        size = job.tmp.stat().st_size
-        if job.desired.size is not None and size == job.desired.size:
-            return True
-        job.tmp.unlink()  # aria2 would take it for a sequential partial; start clean
-        return False
-
-    def _discard_stale_partial(self, job: Job) -> None:
-        """A partial meant for other bytes (the manifest changed) is started over."""
-        want = json.dumps(
-            {
-                "size": job.desired.size,
-                "sha256": job.desired.sha256,
-                "xxh3_128": job.desired.xxh3_128,
-            },
-            sort_keys=True,
-        )
-        try:
-            stale = job.sidecar.read_text() != want
-        except FileNotFoundError:
-            stale = job.tmp.exists() or job.control.exists()
-        if stale:
-            _remove(job.tmp, job.control)
-        job.sidecar.write_text(want)
 
     def _daemon_lost(self, exc: Aria2Unavailable) -> None:
         """aria2 died under us: what it was doing fails (its partials stay for a resume)."""
@@ -276,24 +200,7 @@ class Executor:
             self._fail(job, str(exc))
             return
         job.attempts += 1
-        size = job.desired.size or remote.size
-        n = connections_for(size, self.options.connections)
-        options: dict[str, str | list[str]] = {
-            "dir": str(self.layout.tmp),
-            "out": job.tmp.name,
-            "split": str(n),
-            "max-connection-per-server": str(n),
-            "min-split-size": f"{MIN_SEGMENT // MIB}M",
-            # Fill the file from the front, so that most of it is hashed (and flushed)
-            # while the rest downloads: 88-99% at completion, against ~6% with aria2's
-            # default of one region per connection (benchmarks/bench_download.py).
-            "stream-piece-selector": "inorder",
-            # A server that ignores Range makes aria2 start over instead of failing.
-            "always-resume": "false",
-            "max-resume-failure-tries": "0",
-        }
-        if remote.headers:
-            options["header"] = [f"{k}: {v}" for k, v in remote.headers]
+        options = aria2_options(job, remote, self.options.connections)
         try:
             job.gid = self.daemon.add(list(remote.urls), options)
         except Aria2RpcError as exc:  # this entry's options or URLs; the daemon is fine
@@ -400,17 +307,9 @@ class Executor:
             wrong = hash_mismatches(d, hashes.sha256, hashes.xxh3_128)
         problems += wrong
         if problems:
-            _remove(job.tmp, job.control, job.sidecar)
+            remove(job.tmp, job.control, job.sidecar)
             return Rejected(problems, hashes)
-        fd = os.open(job.tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        target = self.layout.target(d.path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(job.tmp, target)
-        _fsync_dir(target.parent)
+        place(job.tmp, self.layout.target(d.path))
         job.sidecar.unlink(missing_ok=True)
         return Placed(hashes, before)  # rename keeps size, mtime, inode and device
 
@@ -535,16 +434,3 @@ def _learned_message(job: Job, hashes: FileHashes) -> str:
 
 def _ignore_errors(future: Future[None]) -> None:
     future.exception()  # retrieve it so that it is not reported as unhandled
-
-
-def _remove(*paths: Path) -> None:
-    for path in paths:
-        path.unlink(missing_ok=True)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
