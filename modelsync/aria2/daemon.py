@@ -1,21 +1,17 @@
-"""The aria2c daemon: spawn a private one or attach to a running one, and drive it."""
+"""The aria2c daemon: spawn a private one or attach to a running one, and drive it over
+JSON-RPC. The private process itself (command line, output, stop) is process.py's."""
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import os
 import secrets
-import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any, Final, cast
+from typing import Any, Final, cast
 
 import aria2p
 import requests
@@ -29,12 +25,12 @@ from modelsync.aria2.attach import (
 from modelsync.aria2.binary import find_aria2c, install_hint
 from modelsync.aria2.options import (
     _CONF_PREFIX,
-    _child_env,
     _conf_value,
     _remove_stale_conf_files,
     _spawn_options,
     _write_private_file,
 )
+from modelsync.aria2.process import Aria2Process, free_port
 from modelsync.aria2.redaction import _scrub, _Secret
 from modelsync.aria2.rpc import _UNAUTHORIZED_CODE, Aria2RpcError, _Client
 from modelsync.aria2.status import (
@@ -54,48 +50,11 @@ RPC_TIMEOUT: Final = 30.0
 STARTUP_TIMEOUT: Final = 15.0
 #: How long attach() waits for the first answer.
 ATTACH_TIMEOUT: Final = 10.0
-#: SIGTERM → SIGKILL escalation in close().
-TERM_TIMEOUT: Final = 2.0
 SPAWN_ATTEMPTS: Final = 5
-LOG_TAIL_LINES: Final = 200
 
 
 def _hostport(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class _LogTail:
-    """Drains aria2c's stdout+stderr into a bounded in-memory buffer (never to disk)."""
-
-    def __init__(self, stream: IO[bytes], secret: _Secret) -> None:
-        self._lines: collections.deque[str] = collections.deque(maxlen=LOG_TAIL_LINES)
-        self._secret = secret
-        self._thread = threading.Thread(
-            target=self._drain, args=(stream,), name="aria2c-output", daemon=True
-        )
-        self._thread.start()
-
-    def _drain(self, stream: IO[bytes]) -> None:
-        with contextlib.suppress(Exception), stream:
-            for raw in iter(stream.readline, b""):
-                line = raw.decode("utf-8", "replace").rstrip()
-                if line:
-                    self._lines.append(_scrub(line, self._secret))
-
-    def join(self, timeout: float) -> None:
-        self._thread.join(timeout)
-
-    def lines(self) -> list[str]:
-        return list(self._lines)
-
-    def text(self, limit: int = 15) -> str:
-        return "\n".join(self.lines()[-limit:])
 
 
 class Aria2Daemon:
@@ -112,8 +71,7 @@ class Aria2Daemon:
         host: str,
         port: int,
         secret: _Secret,
-        process: subprocess.Popen[bytes] | None = None,
-        log: _LogTail | None = None,
+        process: Aria2Process | None = None,
         timeout: float = RPC_TIMEOUT,
     ) -> None:
         self._scheme = scheme
@@ -121,7 +79,6 @@ class Aria2Daemon:
         self._port = port
         self._secret = secret
         self._process = process
-        self._log = log
         self._client = _Client(scheme, host, port, secret, timeout)
         self._api = aria2p.API(self._client)
         self._ours: set[str] = set()
@@ -173,61 +130,29 @@ class Aria2Daemon:
         cls, binary: str, session_dir: Path, conf_body: str, secret: _Secret
     ) -> tuple[Aria2Daemon | None, Aria2Unavailable | None, bool]:
         """One attempt: (daemon, None, _) or (None, error, retry_with_another_port)."""
-        port = _free_port()
+        port = free_port()
         conf_path = session_dir / f"{_CONF_PREFIX}{os.getpid()}-{secrets.token_hex(6)}.conf"
-        # Only wiring goes on the command line; the secret and all tuning are in the file.
-        # No --no-conf: it would make aria2 skip --conf-path too. An explicit --conf-path
-        # replaces the default ~/.aria2/aria2.conf / $XDG_CONFIG_HOME/aria2/aria2.conf.
-        argv = [
-            binary,
-            f"--conf-path={conf_path}",
-            "--enable-rpc=true",
-            "--rpc-listen-all=false",
-            f"--rpc-listen-port={port}",
-            "--disable-ipv6=true",
-            f"--stop-with-process={os.getpid()}",
-            "--daemon=false",
-        ]
-        popen_kw: dict[str, Any] = {}
-        if sys.platform == "win32":
-            popen_kw["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP
-        else:
-            # our Ctrl-C must not reach aria2c: we decide when it stops
-            popen_kw["start_new_session"] = True
         _write_private_file(conf_path, f"rpc-secret={secret.reveal()}\n{conf_body}")
         try:
             try:
-                process = subprocess.Popen(
-                    argv,
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.STDOUT,
-                    cwd=session_dir,
-                    env=_child_env(),
-                    close_fds=True,
-                    **popen_kw,
-                )
+                process = Aria2Process.start(binary, conf_path, port, session_dir, secret)
             except OSError as exc:
                 error = Aria2Unavailable(f"cannot start {binary}: {exc}", install_hint())
                 return None, error, False
-            assert process.stdout is not None
-            log = _LogTail(process.stdout, secret)
-            daemon = cls(
-                scheme="http", host="127.0.0.1", port=port, secret=secret, process=process, log=log
-            )
+            daemon = cls(scheme="http", host="127.0.0.1", port=port, secret=secret, process=process)
             try:
                 daemon._wait_ready(STARTUP_TIMEOUT)
             except Aria2Unavailable as exc:
                 daemon._closed = True
                 daemon._client.close()
-                daemon._terminate()
-                tail = log.text().lower()
+                process.terminate()
+                tail = process.log.text().lower()
                 retry = "address in use" in tail or "failed to bind" in tail
                 return None, exc, retry
             except BaseException:  # Ctrl-C while waiting: do not leave aria2c behind
                 daemon._closed = True
                 daemon._client.close()
-                daemon._terminate()
+                process.terminate()
                 raise
             return daemon, None, False
         finally:
@@ -243,13 +168,12 @@ class Aria2Daemon:
         probe = _Client(self._scheme, self._host, self._port, self._secret, timeout=0.5)
         try:
             while True:
-                code = process.poll()
+                code = process.popen.poll()
                 if code is not None:
-                    assert self._log is not None
-                    self._log.join(1.0)
+                    process.log.join(1.0)
                     raise Aria2Unavailable(
                         f"aria2c exited during startup (exit code {code}):\n"
-                        + (self._log.text() or "(no output)"),
+                        + (process.log.text() or "(no output)"),
                         "run `modelsync doctor`; check the aria2c binary and the folder",
                     )
                 try:
@@ -349,7 +273,7 @@ class Aria2Daemon:
 
     @property
     def pid(self) -> int | None:
-        return self._process.pid if self._process is not None else None
+        return self._process.popen.pid if self._process is not None else None
 
     @property
     def host(self) -> str:
@@ -367,7 +291,7 @@ class Aria2Daemon:
 
     def log_tail(self) -> list[str]:
         """Last lines aria2c printed (spawned daemons only), URLs redacted."""
-        return self._log.lines() if self._log is not None else []
+        return self._process.log.lines() if self._process is not None else []
 
     def __repr__(self) -> str:
         mode = f"spawned pid={self.pid}" if self.spawned else "attached"
@@ -397,17 +321,9 @@ class Aria2Daemon:
 
     def _gone(self, where: str, exc: BaseException) -> Aria2Unavailable:
         detail = _scrub(f"{type(exc).__name__}: {exc}", self._secret)
-        if self._process is not None:
-            code = self._process.poll()
-            if code is not None:
-                if self._log is not None:
-                    self._log.join(0.5)
-                tail = self._log.text() if self._log is not None else ""
-                return Aria2Unavailable(
-                    f"aria2c (pid {self._process.pid}) exited with code {code}"
-                    + (f":\n{tail}" if tail else ""),
-                    "partial downloads are kept; run apply again to resume",
-                )
+        exited = self._process.exit_message() if self._process is not None else None
+        if exited is not None:
+            return Aria2Unavailable(exited, "partial downloads are kept; run apply again to resume")
         return Aria2Unavailable(
             f"aria2 RPC at {where} stopped answering ({detail})",
             "partial downloads are kept; run apply again to resume",
@@ -520,7 +436,7 @@ class Aria2Daemon:
         """Stop using the daemon. Idempotent, never raises for a daemon that is gone.
 
         Spawned: SIGTERM (aria2 stops at once and writes its control files), SIGKILL if it
-        is still there after ``TERM_TIMEOUT``. An RPC shutdown is avoided: it takes seconds.
+        is still there after two seconds. An RPC shutdown is avoided: it takes seconds.
 
         Attached: the daemon is not ours and keeps running, but the downloads we added
         that have not finished are force-removed and the results of all our downloads
@@ -540,7 +456,7 @@ class Aria2Daemon:
             self._closed = True
             self._client.close()
             if self._process is not None:
-                self._terminate()
+                self._process.terminate()
 
     def _release_ours(self) -> None:
         with self._ours_lock:
@@ -564,30 +480,6 @@ class Aria2Daemon:
         )
         with self._ours_lock:
             self._ours.difference_update(done)
-
-    def _terminate(self) -> None:
-        process = self._process
-        if process is None:
-            return
-        if process.poll() is None:
-            with contextlib.suppress(OSError):
-                if sys.platform == "win32":
-                    process.terminate()  # TerminateProcess: no control-file save there
-                else:
-                    process.send_signal(signal.SIGTERM)
-            # aria2 notices the signal only when its event loop wakes up, which an idle
-            # daemon does once a second (epoll_wait is restarted on EINTR). A connection
-            # to the RPC port wakes it now: SIGTERM → exit takes milliseconds, not ~1 s.
-            with contextlib.suppress(OSError):
-                socket.create_connection((self._host, self._port), timeout=0.2).close()
-            try:
-                process.wait(TERM_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(OSError):
-                    process.kill()
-                process.wait()
-        if self._log is not None:
-            self._log.join(1.0)
 
     def __enter__(self) -> Aria2Daemon:
         return self

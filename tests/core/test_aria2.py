@@ -279,8 +279,8 @@ def test_aria2c_version_of_something_else(tmp_path: Path) -> None:
 
 def test_spawn_answers_and_close_is_fast(session_dir: Path) -> None:
     d = Aria2Daemon.spawn(max_concurrent=2, max_overall_speed=0, session_dir=session_dir)
-    process = d._process
-    assert process is not None
+    assert d._process is not None
+    process = d._process.popen
     assert d.version() == aria2c_version(find_aria2c())
     assert d.spawned and d.pid == process.pid
     assert d.url == f"http://127.0.0.1:{d.port}/jsonrpc"
@@ -414,9 +414,9 @@ def test_spawn_retries_when_the_port_is_taken(
     squatter.bind(("127.0.0.1", 0))
     squatter.listen()
     taken = squatter.getsockname()[1]
-    real_free_port = aria2_daemon._free_port
+    real_free_port = aria2_daemon.free_port
     ports = iter([taken])
-    monkeypatch.setattr(aria2_daemon, "_free_port", lambda: next(ports, None) or real_free_port())
+    monkeypatch.setattr(aria2_daemon, "free_port", lambda: next(ports, None) or real_free_port())
     try:
         with Aria2Daemon.spawn(max_concurrent=1, max_overall_speed=0, session_dir=session_dir) as d:
             assert d.port != taken
@@ -470,8 +470,8 @@ def test_stale_config_files_of_dead_processes_are_removed(session_dir: Path) -> 
 
 def test_rpc_failure_after_aria2c_died(daemon: Aria2Daemon) -> None:
     assert daemon._process is not None
-    daemon._process.kill()
-    daemon._process.wait()
+    daemon._process.popen.kill()
+    daemon._process.popen.wait()
     with pytest.raises(Aria2Unavailable) as info:
         daemon.version()
     assert "exited" in str(info.value)
