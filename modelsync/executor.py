@@ -27,7 +27,7 @@ from modelsync.placement import place, remove
 from modelsync.progress import NullReporter, Reporter
 from modelsync.reconcile import ActionKind, Plan, hash_mismatches
 from modelsync.redact import redact
-from modelsync.remote import Desired, RemoteFile
+from modelsync.remote import Desired, Locator
 from modelsync.results import EntryResult, Status
 from modelsync.state import StateDB
 
@@ -44,11 +44,6 @@ class ApplyOptions:
     stall_timeout: float = 60.0
     max_attempts: int = 4  # per entry, for transient errors and stalls
     poll_interval: float = 0.2
-
-
-# (entry name, fresh) → where aria2 can fetch it right now. Called at every add: the first
-# time fresh=False (a cached answer will do), on retries fresh=True (signed URLs expire).
-Resolver = Callable[[str, bool], RemoteFile]
 
 
 @dataclass(frozen=True)
@@ -77,7 +72,7 @@ class Executor:
         layout: Layout,
         connect: Callable[[], Aria2Daemon],
         state: StateDB,
-        resolver: Resolver,
+        resolver: Locator,
         options: ApplyOptions,
         reporter: Reporter | None = None,
         secrets: tuple[str, ...] = (),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 
@@ -41,3 +42,8 @@ class Desired:
     @property
     def pinned(self) -> bool:
         return bool(self.sha256 or self.xxh3_128)
+
+
+# (entry name, fresh) → where aria2 can fetch it right now. Called at every add: the first
+# time fresh=False (a cached answer will do), on retries fresh=True (signed URLs expire).
+Locator = Callable[[str, bool], RemoteFile]

@@ -20,8 +20,8 @@ from modelsync.manifest import (
 )
 from modelsync.reconcile import Plan, reconcile
 from modelsync.redact import host_of
-from modelsync.remote import Desired, RemoteFile
-from modelsync.sources import SourceContext, needs_network, resolve, source_of
+from modelsync.remote import Desired, Locator, RemoteFile
+from modelsync.sources import SourceContext, locate, needs_network, resolve, source_of
 from modelsync.state import StateDB
 
 
@@ -247,6 +247,12 @@ class Workspace:
             f"{entry.display_name}: {why} the manifest since {lock} was written; "
             f"using the manifest for it (run `modelsync lock` to update {lock})"
         )
+
+    def locator(self, targets: list[Target]) -> Locator:
+        """Where aria2 can fetch each target now, by name: what the executor asks, so that
+        it works on Actions and never goes back to an Entry."""
+        entries = {t.name: t.entry for t in targets}
+        return lambda name, fresh: locate(entries[name], self.sources, fresh=fresh)
 
     def plan(self, targets: list[Target], state: StateDB | None) -> Plan:
         desired = [t.desired for t in targets if t.desired is not None]

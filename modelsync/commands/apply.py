@@ -20,7 +20,6 @@ from modelsync.orphan import wait_for_orphan_daemon
 from modelsync.progress import NullReporter, Reporter
 from modelsync.reconcile import ActionKind, Plan
 from modelsync.results import EntryResult, Report, Status, free_bytes
-from modelsync.sources import locate
 from modelsync.state import StateDB
 from modelsync.units import human_size
 from modelsync.workspace import Target, Workspace
@@ -166,12 +165,11 @@ def _execute(
     jobs = request.jobs or settings.max_concurrent
     speed = request.max_speed if request.max_speed is not None else settings.max_speed
     connections = request.connections
-    entries = {t.name: t.entry for t in targets}
     executor = Executor(
         ws.layout,
         lambda: open_daemon(ws, request, jobs, speed),
         state,
-        resolver=lambda name, fresh: locate(entries[name], ws.sources, fresh=fresh),
+        resolver=ws.locator(targets),
         options=ApplyOptions(
             connections=connections if connections is not None else settings.connections,
             stall_timeout=request.stall_timeout,
