@@ -168,9 +168,9 @@ class Executor:
         job.earlier += max(job.done_bytes - job.start_bytes, 0)  # a start over: keep count
         job.start_bytes = job.done_bytes = partial_bytes(job.tmp, job.control) if resuming else 0
         d = job.desired
-        self.reporter.file_started(
-            d.name, d.path, d.size if d.size is not None else d.estimated_size, job.start_bytes
-        )
+        # The size the plan counted (an estimate, or a learned pin's), so totals add up.
+        size = d.size if d.size is not None else job.action.size_guess
+        self.reporter.file_started(d.name, d.path, size, job.start_bytes)
         self._add_to_aria2(job, fresh=False)
 
     def _daemon_lost(self, exc: Aria2Unavailable) -> None:
