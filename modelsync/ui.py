@@ -94,7 +94,12 @@ def report_json(report: Report) -> dict[str, Any]:
 
 
 def print_json(report: Report) -> None:
-    sys.stdout.write(json.dumps(report_json(report), indent=2) + "\n")
+    write_json(report_json(report))
+
+
+def write_json(doc: dict[str, Any]) -> None:
+    """The one JSON document a command prints, alone on stdout."""
+    sys.stdout.write(json.dumps(doc, indent=2) + "\n")
     sys.stdout.flush()
 
 
@@ -249,8 +254,7 @@ def error_json(exc: ModelsyncError, command: str | None) -> dict[str, Any]:
 
 
 def print_error_json(exc: ModelsyncError, command: str | None) -> None:
-    sys.stdout.write(json.dumps(error_json(exc, command), indent=2) + "\n")
-    sys.stdout.flush()
+    write_json(error_json(exc, command))
 
 
 def _progress_interval() -> float:
@@ -399,7 +403,7 @@ def print_checks_json(checks: Sequence[Check]) -> None:
             for c in checks
         ],
     }
-    sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+    write_json(doc)
 
 
 def print_summary(report: Report, verbose: bool = False) -> None:

@@ -31,12 +31,11 @@ from pydantic import ValidationError
 from tomlkit.items import AoT
 
 from modelsync.atomic import write_text_atomic
-from modelsync.errors import ManifestError, ModelsyncError, SourceError
+from modelsync.errors import ManifestError, ModelsyncError
 from modelsync.lockfile import read_lock
 from modelsync.manifest import Entry, Manifest, Settings, load_manifest
-from modelsync.redact import host_of, redact_urls
+from modelsync.redact import redact_urls
 from modelsync.sources import SourceContext, civitai, resolve, source_of
-from modelsync.sources.http import bearer
 
 SOURCE_FORMS = "a URL, hf://org/repo/path/in/repo[@revision] or civitai:<version id>"
 _KEY_ORDER = (
@@ -195,42 +194,9 @@ def _complete(
 
 
 def _latest_version(model_id: int, ctx: SourceContext) -> tuple[int, str]:
-    """The latest version of a Civitai model: the first of `modelVersions` in
-    `GET /api/v1/models/{id}` (the API lists them newest first)."""
-    import requests
-
-    api = f"{civitai.endpoint(ctx.env)}/api/v1/models/{model_id}"
-    hint = (
-        "open the model page, pick a version and copy its link (it ends in "
-        "?modelVersionId=<v>), or write civitai:<version id>"
-    )
-    try:
-        with ctx.session.get(
-            api,
-            headers={"Accept": "application/json", **dict(bearer(civitai.token(ctx.env)))},
-            timeout=ctx.timeout,
-        ) as response:
-            status = response.status_code
-            doc = response.json() if status == 200 else None
-    except (requests.RequestException, ValueError) as exc:
-        raise SourceError(
-            ctx.redact(
-                f"cannot ask {host_of(api)} for the versions of model {model_id}: "
-                f"{type(exc).__name__}"
-            ),
-            hint,
-        ) from None
-    versions = doc.get("modelVersions") if isinstance(doc, dict) else None
-    first = versions[0] if isinstance(versions, list) and versions else None
-    first = first if isinstance(first, dict) else {}
-    version = first.get("id")
-    if status == 404:
-        raise SourceError(f"{host_of(api)} has no model {model_id}", hint)
-    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-        raise SourceError(
-            f"{host_of(api)} answered {status} without a version for model {model_id}", hint
-        )
-    label = f" ({first['name']})" if isinstance(first.get("name"), str) else ""
+    """The latest version of a Civitai model, and a note saying that add picked it."""
+    version, name = civitai.latest_version(model_id, ctx)
+    label = f" ({name})" if name else ""
     note = (
         f"the link names model {model_id} but no version: added its latest version, "
         f"{version}{label} (civitai = {version})"

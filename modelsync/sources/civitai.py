@@ -199,6 +199,46 @@ def locate(entry: Entry, ctx: SourceContext, resolved: RemoteFile) -> RemoteFile
     )
 
 
+def latest_version(model_id: int, ctx: SourceContext) -> tuple[int, str | None]:
+    """The latest version of a Civitai model, and its name: the first of `modelVersions`
+    in `GET /api/v1/models/{id}` (the API lists them newest first)."""
+    import requests
+
+    api = f"{endpoint(ctx.env)}/api/v1/models/{model_id}"
+    hint = (
+        "open the model page, pick a version and copy its link (it ends in "
+        "?modelVersionId=<v>), or write civitai:<version id>"
+    )
+    try:
+        with ctx.session.get(
+            api,
+            headers={"Accept": "application/json", **dict(bearer(token(ctx.env)))},
+            timeout=ctx.timeout,
+        ) as response:
+            status = response.status_code
+            doc = response.json() if status == 200 else None
+    except (requests.RequestException, ValueError) as exc:
+        raise SourceError(
+            ctx.redact(
+                f"cannot ask {host_of(api)} for the versions of model {model_id}: "
+                f"{type(exc).__name__}"
+            ),
+            hint,
+        ) from None
+    versions = doc.get("modelVersions") if isinstance(doc, dict) else None
+    first = versions[0] if isinstance(versions, list) and versions else None
+    first = first if isinstance(first, dict) else {}
+    version = first.get("id")
+    if status == 404:
+        raise SourceError(f"{host_of(api)} has no model {model_id}", hint)
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise SourceError(
+            f"{host_of(api)} answered {status} without a version for model {model_id}", hint
+        )
+    name = first.get("name")
+    return version, name if isinstance(name, str) else None
+
+
 def _version(entry: Entry, ctx: SourceContext, ref: CivitaiRef) -> dict[str, Any]:
     import requests
 
