@@ -13,7 +13,7 @@ from typer.core import TyperGroup
 
 from modelsync import ui
 from modelsync.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, ModelsyncError
-from modelsync.manifest import load_manifest, resolve_root
+from modelsync.manifest import load_manifest, resolve_root, root_override
 from modelsync.workspace import Workspace
 
 # "\b" keeps click from re-wrapping the lines of the paragraph that follows it.
@@ -302,7 +302,7 @@ def doctor(
 
     Each check says ok, warn or fail, with a fix; exit 1 when any check fails.
     """
-    from modelsync.commands.doctor import root_without_manifest, run_doctor
+    from modelsync.commands.doctor import run_doctor
 
     env = dict(os.environ)
     # The root as apply would choose it, without creating it: a missing --root is a check
@@ -310,7 +310,7 @@ def doctor(
     choice = (
         resolve_root(load_manifest(manifest), root, env)
         if manifest is not None
-        else root_without_manifest(root, env)
+        else root_override(root, env)
     )
     checks = run_doctor(choice, env)
     if json_out:

@@ -542,17 +542,25 @@ class RootChoice:
 
 def resolve_root(manifest: Manifest, cli_root: str | None, env: Mapping[str, str]) -> RootChoice:
     """--root, then $MODELSYNC_ROOT, then settings.root (relative to the manifest), else cwd."""
-    if cli_root:
-        return RootChoice(_absolute(Path(cli_root).expanduser()), "--root", False)
-    if env.get("MODELSYNC_ROOT"):
-        path = _absolute(Path(env["MODELSYNC_ROOT"]).expanduser())
-        return RootChoice(path, "$MODELSYNC_ROOT", False)
+    chosen = root_override(cli_root, env)
+    if chosen is not None:
+        return chosen
     if manifest.settings.root:
         root = Path(manifest.settings.root).expanduser()
         origin = f"settings.root in {manifest.path.name}"
         return RootChoice(_absolute(manifest.path.parent / root), origin, True)  # folds "../"
     origin = f"the current folder: {manifest.path.name} sets no settings.root"
     return RootChoice(Path.cwd(), origin, False)
+
+
+def root_override(cli_root: str | None, env: Mapping[str, str]) -> RootChoice | None:
+    """The root `--root` or $MODELSYNC_ROOT names (never created), if either does."""
+    if cli_root:
+        return RootChoice(_absolute(Path(cli_root).expanduser()), "--root", False)
+    if env.get("MODELSYNC_ROOT"):
+        path = _absolute(Path(env["MODELSYNC_ROOT"]).expanduser())
+        return RootChoice(path, "$MODELSYNC_ROOT", False)
+    return None
 
 
 def _absolute(path: Path) -> Path:

@@ -75,16 +75,6 @@ def check_aria2(env: Mapping[str, str]) -> list[Check]:
     return checks
 
 
-def root_without_manifest(cli_root: str | None, env: Mapping[str, str]) -> RootChoice | None:
-    """The root `--root` or $MODELSYNC_ROOT names, as apply would take it (never created)."""
-    if cli_root:
-        return RootChoice(Path(os.path.abspath(Path(cli_root).expanduser())), "--root", False)
-    if env.get("MODELSYNC_ROOT"):
-        path = Path(os.path.abspath(Path(env["MODELSYNC_ROOT"]).expanduser()))
-        return RootChoice(path, "$MODELSYNC_ROOT", False)
-    return None
-
-
 def check_root(choice: RootChoice) -> list[Check]:
     root = choice.path
     where = f"{root} (from {choice.origin})"
