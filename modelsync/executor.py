@@ -339,13 +339,12 @@ class Executor:
             wrong = hash_mismatches(
                 job.action.expected, outcome.hashes.sha256, outcome.hashes.xxh3_128
             )
+            # What the file holds, right or wrong: until a repair lands, plan says
+            # `repair` for a wrong one instead of hashing it again.
+            self.state.record(d.path, outcome.stat, outcome.hashes)
             if not wrong:
-                self.state.record(d.path, outcome.stat, outcome.hashes)
                 self._finish(job, Status.OK)
             else:
-                # What the file holds, not what it should: until the repair lands, plan
-                # says `repair` for it instead of hashing it again.
-                self.state.record(d.path, outcome.stat, outcome.hashes)
                 self.reporter.warn(f"{d.name}: {'; '.join(wrong)}; downloading again")
                 job.repairing = True
                 self._start_download(job)
@@ -363,7 +362,6 @@ class Executor:
             if job.corrupt_retries == 0:
                 job.corrupt_retries += 1
                 job.rejected = outcome.hashes
-                job.start_bytes = 0
                 self.reporter.warn(
                     f"{d.name}: downloaded file is corrupt ({expected}); retrying from scratch"
                 )
