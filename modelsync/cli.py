@@ -290,6 +290,25 @@ def add(
     ui.print_added(run_add(manifest, source, folder, name, dict(os.environ)))
 
 
+@app.command(epilog=_epilog("modelsync init models.toml"))
+def init(
+    manifest: Annotated[
+        Path,
+        typer.Argument(metavar="MANIFEST", help="Where to write the starter manifest."),
+    ] = Path("models.toml"),
+    json_out: JsonOpt = False,
+) -> None:
+    """Write a commented starter manifest; never overwrites an existing file."""
+    from modelsync.commands.init import next_steps, run_init
+
+    path = run_init(manifest).path
+    if json_out:
+        ui.write_json({"schema": 1, "command": "init", "path": str(path), "created": True})
+        return
+    for line in next_steps(manifest, path):  # a few plain lines: paths hold no markup
+        ui.err_console.out(line)
+
+
 @app.command(epilog=_epilog("modelsync doctor models.toml"))
 def doctor(
     manifest: Annotated[
