@@ -95,11 +95,14 @@ class Aria2Daemon:
         max_overall_speed: int,
         session_dir: Path,
         aria2c: str | None = None,
+        extra_options: Mapping[str, str] | None = None,
     ) -> Aria2Daemon:
         """Start a private aria2c on 127.0.0.1 and wait until its RPC answers.
 
         ``max_overall_speed`` is in bytes per second, 0 for no limit. ``session_dir``
         receives the short-lived config file and is aria2c's working directory.
+        ``extra_options`` (global aria2 options, e.g. ``{"disk-cache": "16777216"}``) go
+        into that file too, over modelsync's defaults; never the RPC wiring or secret.
         """
         if max_concurrent < 1:
             raise ValueError("max_concurrent must be at least 1")
@@ -111,7 +114,7 @@ class Aria2Daemon:
         _remove_stale_conf_files(session_dir)
 
         secret = _Secret(secrets.token_hex(16))
-        options = _spawn_options(max_concurrent, max_overall_speed)
+        options = _spawn_options(max_concurrent, max_overall_speed, extra_options)
         # no local holds the secret in clear (tracebacks with locals stay clean)
         conf_body = "".join(f"{k}={_conf_value(v)}\n" for k, v in options.items())
 

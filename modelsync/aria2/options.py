@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sys
 import time
 from collections.abc import Mapping
@@ -94,8 +95,23 @@ def _ca_bundle(env: Mapping[str, str]) -> str | None:
     return None
 
 
-def _spawn_options(max_concurrent: int, max_overall_speed: int) -> dict[str, str]:
-    """Options that go in the private config file (along with the secret)."""
+_EXTRA_NAME: Final = re.compile(r"^[a-z0-9][a-z0-9-]*$")
+#: What extra options may never set: the RPC wiring and secret are modelsync's alone.
+_WIRING: Final = ("rpc-", "enable-rpc", "conf-path", "no-conf", "daemon", "stop-with-process")
+
+
+def _spawn_options(
+    max_concurrent: int, max_overall_speed: int, extra: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """Options that go in the private config file (along with the secret); ``extra``
+    (the manifest's checked [settings.aria2] globals) replaces defaults of the same name."""
+    for name in extra or {}:
+        if not _EXTRA_NAME.fullmatch(name) or name.startswith(_WIRING):
+            raise ValueError(f"not an option for modelsync's aria2c: {name!r}")
+    return {**_default_options(max_concurrent, max_overall_speed), **(extra or {})}
+
+
+def _default_options(max_concurrent: int, max_overall_speed: int) -> dict[str, str]:
     ca_bundle = _ca_bundle(os.environ)
     return {
         **({"ca-certificate": ca_bundle} if ca_bundle else {}),
