@@ -273,21 +273,50 @@ def add(
         str,
         typer.Argument(
             metavar="SOURCE",
-            help="A URL, hf://org/repo/path[@revision] or civitai:<version id>.",
+            help="A URL, hf://org/repo/path[@revision], hf://org/repo[@revision] (a whole "
+            "repository) or civitai:<version id>.",
         ),
     ],
     folder: Annotated[
-        str, typer.Option("--dir", metavar="DIR", help="Folder under root for the file.")
-    ],
+        str | None,
+        typer.Option(
+            "--dir",
+            metavar="DIR",
+            help="Folder under root for the file (a repository: default its name).",
+        ),
+    ] = None,
     name: Annotated[
         str | None,
         typer.Option("--name", metavar="NAME", help="Entry name (default: the file name)."),
     ] = None,
+    include: Annotated[
+        list[str] | None,
+        typer.Option("--include", metavar="GLOB", help="A repository: only these files."),
+    ] = None,
+    exclude: Annotated[
+        list[str] | None,
+        typer.Option("--exclude", metavar="GLOB", help="A repository: not these files."),
+    ] = None,
 ) -> None:
     """Resolve SOURCE and append it to the manifest, with its size and sha256."""
-    from modelsync.commands.add import run_add
+    from modelsync.commands.add import needs_dir, run_add
 
-    ui.print_added(run_add(manifest, source, folder, name, dict(os.environ)))
+    if folder is None and needs_dir(source, os.environ):
+        raise typer.BadParameter(
+            "missing: a file needs the folder under root it goes to "
+            "(only a whole repository, hf://org/repo, defaults to its name)",
+            param_hint="'--dir'",
+        )
+    result = run_add(
+        manifest,
+        source,
+        folder,
+        name,
+        dict(os.environ),
+        tuple(include or ()),
+        tuple(exclude or ()),
+    )
+    ui.print_added(result)
 
 
 @app.command(epilog=_epilog("modelsync init models.toml"))

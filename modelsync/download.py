@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -97,9 +98,13 @@ def discard_stale_partial(job: Job) -> None:
     job.sidecar.write_text(want)
 
 
-def aria2_options(job: Job, remote: RemoteFile, connections: int) -> dict[str, str | list[str]]:
-    """aria2's per-download options: where to write, how many connections, in order."""
-    n = connections_for(job.desired.size or remote.size, connections)
+def aria2_options(
+    job: Job, remote: RemoteFile, connections: int, tuning: Mapping[str, str] | None = None
+) -> dict[str, str | list[str]]:
+    """aria2's per-download options: where to write, how many connections, in order;
+    `tuning` ([settings.aria2]'s per-download options) last, so a user's min-split-size
+    wins (tuning.py refuses every option whose value modelsync depends on)."""
+    n = connections_for(job.desired.size or remote.size, job.desired.connections or connections)
     options: dict[str, str | list[str]] = {
         "dir": str(job.tmp.parent),
         "out": job.tmp.name,
@@ -116,4 +121,5 @@ def aria2_options(job: Job, remote: RemoteFile, connections: int) -> dict[str, s
     }
     if remote.headers:
         options["header"] = [f"{k}: {v}" for k, v in remote.headers]
+    options.update(tuning or {})
     return options

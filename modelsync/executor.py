@@ -15,21 +15,23 @@ import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
+from pathlib import Path
 
 from modelsync.aria2 import Aria2Daemon, Aria2RpcError, DownloadStatus
 from modelsync.aria2.words import describe
 from modelsync.download import MIB, Job, aria2_options, discard_stale_partial, tmp_complete
 from modelsync.errors import Aria2Unavailable, ModelsyncError
-from modelsync.hashing import FileHashes, PrefixHasher, hash_file
+from modelsync.hashing import FileHashes, PrefixHasher, git_blob_sha1, hash_file
 from modelsync.layout import Layout
 from modelsync.partials import partial_bytes
 from modelsync.placement import place, remove
 from modelsync.progress import NullReporter, Reporter
-from modelsync.reconcile import ActionKind, Plan, hash_mismatches
+from modelsync.reconcile import Action, ActionKind, Plan, hash_mismatches
 from modelsync.redact import redact
 from modelsync.remote import Desired, Locator
 from modelsync.results import EntryResult, Status
 from modelsync.state import StateDB
+from modelsync.tuning import NO_TUNING, Tuning
 
 HASH_STEP = 32 * MIB  # hash a download's finished prefix in steps of at least this
 
@@ -44,6 +46,7 @@ class ApplyOptions:
     stall_timeout: float = 60.0
     max_attempts: int = 4  # per entry, for transient errors and stalls
     poll_interval: float = 0.2
+    tuning: Tuning = NO_TUNING  # [settings.aria2]
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,7 @@ class Hashed:
 
     hashes: FileHashes
     stat: os.stat_result
+    git_sha1: str | None = None  # taken only for a file that a git blob id alone vouches for
 
 
 @dataclass(frozen=True)
@@ -109,7 +113,9 @@ class Executor:
 
     def run(self, plan: Plan) -> list[EntryResult]:
         self.layout.tmp.mkdir(parents=True, exist_ok=True)
-        pending = [a for a in plan.actions if a.kind is not ActionKind.OK]
+        pending = sorted(
+            (a for a in plan.actions if a.kind is not ActionKind.OK), key=_download_order
+        )
         self.reporter.begin(len(pending), plan.download_bytes, plan.unknown_sizes)
         try:
             for action in pending:
@@ -190,12 +196,14 @@ class Executor:
         try:
             remote = job.remote = self.resolver(job.desired.name, fresh)
         except ModelsyncError as exc:
-            if not job.tmp.exists() and not job.control.exists():
-                job.sidecar.unlink(missing_ok=True)  # nothing downloaded: leave tmp/ clean
-            self._fail(job, str(exc))
+            self._fail_before_start(job, str(exc))
+            return
+        if not remote.urls:
+            self._fail_before_start(job, _no_source(job.desired))
             return
         job.attempts += 1
-        options = aria2_options(job, remote, self.options.connections)
+        tuning = self.options.tuning.per_download
+        options = aria2_options(job, remote, self.options.connections, tuning)
         try:
             job.gid = self.daemon.add(list(remote.urls), options)
         except Aria2RpcError as exc:  # this entry's options or URLs; the daemon is fine
@@ -209,6 +217,11 @@ class Executor:
             return
         job.last_change = time.monotonic()
         self.active[job.gid] = job
+
+    def _fail_before_start(self, job: Job, error: str) -> None:
+        if not job.tmp.exists() and not job.control.exists():
+            job.sidecar.unlink(missing_ok=True)  # nothing downloaded: leave tmp/ clean
+        self._fail(job, error)
 
     def _poll_aria2(self) -> None:
         now = time.monotonic()
@@ -241,9 +254,10 @@ class Executor:
         """Overlap hashing with the download: hash the prefix aria2 has finished.
 
         Only with our own daemon, which writes pieces straight to disk (disk-cache=0);
-        a foreign daemon may still hold "complete" pieces in its write cache.
+        a foreign daemon, or ours given a disk-cache in [settings.aria2], may still hold
+        "complete" pieces in its write cache.
         """
-        if not self.daemon.spawned or st.status != "active":
+        if not (self.daemon.spawned and self.options.tuning.hash_ahead) or st.status != "active":
             return
         if job.prefix is None:
             job.prefix = PrefixHasher(job.tmp)
@@ -286,7 +300,8 @@ class Executor:
     def _hash_in_place(self, job: Job) -> Hashed:
         path = self.layout.target(job.desired.path)
         before = os.stat(path)  # a change while hashing then misses the cache next time
-        return Hashed(hash_file(path, progress=self._check_cancel), before)
+        hashes = hash_file(path, progress=self._check_cancel)
+        return Hashed(hashes, before, _git_sha1_if_needed(job.desired, path))
 
     def _verify_and_place(self, job: Job) -> Placed | Rejected:
         d = job.desired
@@ -301,6 +316,8 @@ class Executor:
             hashes = hash_file(job.tmp, progress=self._check_cancel)
             wrong = hash_mismatches(d, hashes.sha256, hashes.xxh3_128)
         problems += wrong
+        if not problems:
+            problems += git_mismatch(d, _git_sha1_if_needed(d, job.tmp))
         if problems:
             remove(job.tmp, job.control, job.sidecar)
             return Rejected(problems, hashes)
@@ -338,10 +355,12 @@ class Executor:
         if isinstance(outcome, Hashed):  # a verify in place, against a learned pin too
             wrong = hash_mismatches(
                 job.action.expected, outcome.hashes.sha256, outcome.hashes.xxh3_128
-            )
+            ) + git_mismatch(d, outcome.git_sha1)
             # What the file holds, right or wrong: until a repair lands, plan says
             # `repair` for a wrong one instead of hashing it again.
             self.state.record(d.path, outcome.stat, outcome.hashes)
+            if not wrong and outcome.git_sha1:  # the blob git names: from now on the
+                self.state.learn_blob(outcome.git_sha1, outcome.hashes)  # cache judges it
             if not wrong:
                 self._finish(job, Status.OK)
             else:
@@ -353,7 +372,9 @@ class Executor:
             # The bytes modelsync placed here last: whenever nothing pins the entry (now,
             # or once its pin is dropped again) the file is judged against them.
             self.state.learn(d.path, outcome.hashes)
-            if not d.pinned:
+            if d.git_sha1 and not d.pinned:  # checked against it before it was placed
+                self.state.learn_blob(d.git_sha1, outcome.hashes)
+            if not d.vouched:
                 self.reporter.warn(_learned_message(job, outcome.hashes))
             repaired = job.repairing or job.action.kind is ActionKind.REPAIR
             self._finish(job, Status.REPAIRED if repaired else Status.DOWNLOADED)
@@ -398,6 +419,31 @@ class Executor:
         )
         self.results[d.name] = result
         self.reporter.file_finished(result)
+
+
+def _git_sha1_if_needed(d: Desired, path: Path) -> str | None:
+    return git_blob_sha1(path) if d.git_sha1 and not d.pinned else None
+
+
+def git_mismatch(d: Desired, actual: str | None) -> list[str]:
+    if actual is None or d.git_sha1 is None or actual == d.git_sha1:
+        return []
+    return [f"git blob sha1 expected {d.git_sha1}, got {actual}"]
+
+
+def _no_source(d: Desired) -> str:
+    return (
+        f"{d.name}: missing (no source): the entry has no url, hf or civitai and no mirror; "
+        f"put the file at {d.path}, add a source, or set settings.mirrors to a "
+        'content-addressed mirror, e.g. ["https://mirror.example/sha256/{sha256}"]'
+    )
+
+
+def _download_order(action: Action) -> tuple[int, int]:
+    """Higher priority first; inside one priority the largest first, so that the run
+    finishes soonest (small files fill the connections a large one leaves idle).
+    aria2 starts downloads in the order they are added."""
+    return -action.desired.priority, -(action.size_guess or 0)
 
 
 def _same_bytes_twice(d: Desired, outcome: Rejected) -> str:

@@ -34,6 +34,7 @@ __all__ = [
     "DEFAULT_BUFFER_SIZE",
     "FileHashes",
     "PrefixHasher",
+    "git_blob_sha1",
     "hash_file",
     "hash_files",
 ]
@@ -236,3 +237,16 @@ class PrefixHasher:
                 os.fdatasync(fd)
         finally:
             os.close(fd)
+
+
+def git_blob_sha1(path: StrPath) -> str:
+    """The id git gives the file's content: sha1 of "blob <size>\\0" + the bytes.
+
+    What the Hugging Face Hub publishes for a file kept in git (not LFS): such files
+    are small (configs, tokenizers), so one more pass over them costs little."""
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        digest = hashlib.sha1(b"blob %d\0" % size, usedforsecurity=False)
+        while chunk := f.read(DEFAULT_BUFFER_SIZE):
+            digest.update(chunk)
+    return digest.hexdigest()

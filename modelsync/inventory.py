@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import stat as stat_mod
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from modelsync.layout import PARTIAL_SUFFIX, Layout, tmp_name
@@ -44,14 +44,18 @@ def observe(
 ) -> dict[str, Observed]:
     wanted = list(desired)
     rows = state.get_many([d.path for d in wanted]) if state else {}
-    unpinned = [d.path for d in wanted if not d.pinned]
+    # A file kept in git is judged by the hashes of bytes once seen to have its blob id;
+    # any other unpinned file by what apply last placed at its path.
+    unpinned = [d.path for d in wanted if not d.pinned and not d.git_sha1]
     pins = state.learned_pins(unpinned) if state and unpinned else {}
+    blobs = [d.git_sha1 for d in wanted if d.git_sha1 and not d.pinned]
+    blob_pins = state.blob_pins(blobs) if state and blobs else {}
     partials = partial_sizes(layout)
     observed: dict[str, Observed] = {}
     root = os.fspath(layout.root)
     for d in wanted:
         partial = partials.get(tmp_name(d.path)) if partials else None
-        pin = pins.get(d.path)
+        pin = blob_pins.get(d.git_sha1) if d.git_sha1 else pins.get(d.path)
         learned = Learned(pin.size, pin.sha256, pin.xxh3_128) if pin is not None else None
         try:
             st = os.stat(os.path.join(root, d.path))  # str, not Path: 10,000s of these
@@ -100,6 +104,10 @@ def is_prunable(rel_folder: str, name: str, named_dirs: set[str], is_symlink: bo
     through `dir`: never in root itself, never anything hidden (checked by the caller)."""
     if not rel_folder or rel_folder not in named_dirs or is_symlink:
         return False
+    return _is_model_file(name)
+
+
+def _is_model_file(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in MODEL_EXTENSIONS
 
 
@@ -109,6 +117,7 @@ def find_unmanaged(
     unknown_dirs: Iterable[str] = (),
     protected: Iterable[str] = (),
     named_dirs: Iterable[str] = (),
+    trees: Iterable[str] = (),
 ) -> tuple[Unmanaged, ...]:
     """Files directly inside the folders the manifest manages that it does not want.
 
@@ -119,27 +128,53 @@ def find_unmanaged(
     files (editors' and our own atomic-write temporaries) are never unmanaged.
     `named_dirs` are the folders entries name through `dir`: the only ones where an
     unmanaged file may be prunable (see is_prunable).
+    `trees` are repository entries' folders: each is managed whole, subfolders included;
+    there too only model files are prunable here (the workspace adds the files that
+    modelsync itself placed: a config removed upstream).
     """
     wanted = set(known_paths)
     known = wanted | set(protected)
     skip = set(unknown_dirs)
     named = set(named_dirs)
+    owned = sorted(set(trees))
     # Folders of wanted files only: the manifest's own folder is not managed for holding it.
     managed = {p.rpartition("/")[0] or "." for p in wanted} - skip
+    managed = {f for f in managed if not _inside_any(f, owned)}
     found: list[Unmanaged] = []
     for folder in sorted(managed):
         rel_folder = "" if folder == "." else folder
-        try:
-            entries = list(os.scandir(layout.root / rel_folder))
-        except (FileNotFoundError, NotADirectoryError):
-            continue
-        for entry in entries:
-            rel = f"{rel_folder}/{entry.name}" if rel_folder else entry.name
-            if rel in known or entry.name.startswith("."):  # .modelsync/ included
-                continue
-            link = entry.is_symlink()
-            if entry.is_file(follow_symlinks=False) or link:
-                size = entry.stat(follow_symlinks=False).st_size
+        for rel, entry, link in _files_in(layout, rel_folder, recursive=False):
+            if rel not in known:
                 prunable = is_prunable(rel_folder, entry.name, named, link)
-                found.append(Unmanaged(rel, size, prunable))
+                found.append(Unmanaged(rel, entry.stat(follow_symlinks=False).st_size, prunable))
+    for tree in owned:
+        for rel, entry, link in _files_in(layout, tree, recursive=True):
+            if rel not in known:
+                prunable = not link and _is_model_file(entry.name)
+                found.append(Unmanaged(rel, entry.stat(follow_symlinks=False).st_size, prunable))
     return tuple(found)
+
+
+def _inside_any(folder: str, trees: list[str]) -> bool:
+    return any(folder == t or folder.startswith(t + "/") for t in trees)
+
+
+def _files_in(
+    layout: Layout, rel_folder: str, *, recursive: bool
+) -> Iterator[tuple[str, os.DirEntry[str], bool]]:
+    """(path under root, entry, is a symlink) of each file; hidden names are skipped
+    (.modelsync/, editors' and our own atomic-write temporaries), and so are symlinked
+    folders (never followed)."""
+    try:
+        entries = list(os.scandir(layout.root / rel_folder))
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    for entry in entries:
+        if entry.name.startswith("."):
+            continue
+        rel = f"{rel_folder}/{entry.name}" if rel_folder else entry.name
+        link = entry.is_symlink()
+        if entry.is_file(follow_symlinks=False) or link:
+            yield rel, entry, link
+        elif recursive and entry.is_dir(follow_symlinks=False):
+            yield from _files_in(layout, rel, recursive=True)

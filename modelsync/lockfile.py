@@ -73,15 +73,36 @@ LockPath = Annotated[str, StringConstraints(pattern=rf"^{_SEGMENT}(?:/{_SEGMENT}
 PlainUrl = Annotated[str, StringConstraints(pattern=r"^https?://[^/?#@\s]+(?:/[^?#\s]*)?$")]
 Hex64 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 Hex32 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")]
+Hex40 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{40}$")]
+
+
+class LockedFile(BaseModel):
+    """One file of a locked repository entry (its path, relative to the repo, is the key)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    size: int = Field(ge=0)
+    sha256: Hex64 | None = None
+    xxh3_128: Hex32 | None = None
+    git_sha1: Hex40 | None = None  # a file kept in git (not LFS): the blob id the Hub gives
+
+    @model_validator(mode="after")
+    def _pinned(self) -> LockedFile:
+        if not (self.sha256 or self.xxh3_128 or self.git_sha1):
+            raise ValueError("a locked file needs sha256, xxh3_128 or git_sha1")
+        return self
 
 
 class LockedEntry(BaseModel):
-    """What one manifest entry resolved to when the lock was written."""
+    """What one manifest entry resolved to when the lock was written.
+
+    A repository entry has no `path` of its own: `files` maps each of its files' paths
+    inside the repository to what the commit holds there."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     fingerprint: Hex64
-    path: LockPath
+    path: LockPath | None = None
     url: PlainUrl | None = None
     commit: str | None = Field(default=None, min_length=1)
     size: int | None = Field(default=None, ge=0)  # exact
@@ -89,8 +110,16 @@ class LockedEntry(BaseModel):
     sha256: Hex64 | None = None
     xxh3_128: Hex32 | None = None
 
+    files: dict[LockPath, LockedFile] | None = None
+
     @model_validator(mode="after")
     def _pinned(self) -> LockedEntry:
+        if self.files is not None:
+            if not self.commit:
+                raise ValueError("a locked repository needs its commit")
+            return self
+        if self.path is None:
+            raise ValueError("a locked entry needs path (or files, for a repository)")
         if not (self.sha256 or self.xxh3_128):
             raise ValueError("a locked entry needs sha256 or xxh3_128")
         return self
@@ -107,6 +136,8 @@ class Lock(BaseModel):
         locked = self.models.get(entry.display_name)
         if locked is None or locked.fingerprint != fingerprint(entry):
             return None
+        if entry.is_repo:
+            return locked if locked.files is not None else None
         return locked if expected_path(entry, locked) == locked.path else None
 
 
@@ -116,12 +147,16 @@ def fingerprint(entry: Entry) -> str:
     A JSON array (source kind, then FINGERPRINT_KEYS in order): canonical across Python
     versions and machines, and cheap (a manifest of 10,000 entries takes ~0.1 s).
     """
-    values = [entry.source, *(getattr(entry, k) for k in FINGERPRINT_KEYS)]
+    values: list[object] = [entry.source, *(getattr(entry, k) for k in FINGERPRINT_KEYS)]
+    if entry.include or entry.exclude:  # only then: older locks' fingerprints stay valid
+        values += [list(entry.include), list(entry.exclude)]
     return hashlib.sha256(_CANONICAL.encode(values).encode()).hexdigest()
 
 
 def expected_path(entry: Entry, locked: LockedEntry) -> str | None:
     """Where `entry` points, given the file name the lock resolved (the manifest's win)."""
+    if locked.path is None:
+        return None
     return entry.relpath(entry.filename or locked.path.rpartition("/")[2])
 
 
@@ -148,13 +183,14 @@ def desired_from_lock(entry: Entry, locked: LockedEntry, pin_origin: str = "") -
     """What a current lock entry wants on disk (the manifest's own pins win).
 
     `pin_origin` says where the hash pin came from (see workspace.pin_origin)."""
+    assert locked.path is not None, "repository entries expand into files (repos.py)"
     return Desired(
         name=entry.display_name,
         path=locked.path,
         size=entry.size if entry.size is not None else locked.size,
         sha256=entry.sha256 or locked.sha256,
         xxh3_128=entry.xxh3_128 or locked.xxh3_128,
-        tags=entry.tags,
+        **entry.controls(),
         estimated_size=locked.estimated_size,
         pin_origin=pin_origin,
     )
@@ -241,7 +277,23 @@ def dumps_lock(lock: Lock, manifest_name: str) -> str:
             if value is None:
                 continue
             lines.append(f"{key} = {_toml_str(value) if isinstance(value, str) else value}")
+        if locked.files is not None:
+            # One line per file: a file added, changed or removed upstream is one diff line.
+            lines.append("")
+            lines.append(f"[models.{_toml_str(name)}.files]")
+            for path in sorted(locked.files):
+                lines.append(f"{_toml_str(path)} = {_inline(locked.files[path])}")
     return "\n".join(lines) + "\n"
+
+
+def _inline(f: LockedFile) -> str:
+    pairs = [f"size = {f.size}"]
+    pairs += [
+        f"{key} = {_toml_str(value)}"
+        for key, value in (("sha256", f.sha256), ("xxh3_128", f.xxh3_128), ("git_sha1", f.git_sha1))
+        if value
+    ]
+    return "{ " + ", ".join(pairs) + " }"
 
 
 def write_lock(path: Path, lock: Lock, manifest_name: str) -> bool:

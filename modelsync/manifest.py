@@ -19,6 +19,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PlainValidator,
     PrivateAttr,
     ValidationError,
     model_validator,
@@ -26,6 +27,7 @@ from pydantic import (
 from pydantic_core import ErrorDetails
 
 from modelsync.errors import ManifestError, Problem
+from modelsync.tuning import NO_TUNING, Tuning, parse_tuning, tuning_problems
 
 _HEX = re.compile(r"^[0-9a-fA-F]*$")
 _RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?(?:/s)?\s*$", re.IGNORECASE)
@@ -107,9 +109,15 @@ class Settings(_Strict):
     connections: int = Field(default=0, ge=0, le=16, strict=True)
     max_speed: Rate = 0
     mirrors: tuple[str, ...] = ()
+    # [settings.aria2]: aria2 options by name, checked against tuning.py's allowlist
+    # (its errors name each option: see tuning_problems in _describe)
+    aria2: Annotated[Tuning, PlainValidator(parse_tuning)] = NO_TUNING
 
 
-SourceKind = Literal["url", "hf", "civitai"]
+# "none": an entry pinned by hash alone, fetched only from mirrors (an adopted folder,
+# a private model); "hf" covers files and whole repositories (see Entry.is_repo).
+SourceKind = Literal["url", "hf", "civitai", "none"]
+DEFAULT_PRIORITY = 50
 
 
 class Entry(_Strict):
@@ -118,6 +126,8 @@ class Entry(_Strict):
     hf: str | None = None
     file: str | None = None
     revision: str | None = None
+    include: tuple[str, ...] = ()  # repository entries: huggingface_hub's allow_patterns
+    exclude: tuple[str, ...] = ()  # ... and ignore_patterns
     civitai: int | None = Field(default=None, ge=1, strict=True)
     dir: RelDir = ""
     filename: FileName | None = None
@@ -126,18 +136,36 @@ class Entry(_Strict):
     size: int | None = Field(default=None, ge=0, strict=True)
     tags: tuple[str, ...] = ()
     mirrors: tuple[str, ...] = ()
+    priority: int = Field(default=DEFAULT_PRIORITY, ge=0, le=100, strict=True)
+    connections: int | None = Field(default=None, ge=1, le=16, strict=True)
+    optional: bool = Field(default=False, strict=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _repo_dir(cls, data: Any) -> Any:
+        # A repository lands in a folder named after it unless `dir` says otherwise
+        # (like `hf download --local-dir <name>`); dir = "" puts it in root itself.
+        if isinstance(data, dict) and "dir" not in data and "file" not in data:
+            hf = data.get("hf")
+            if isinstance(hf, str) and hf.strip().strip("/"):
+                return {**data, "dir": hf.strip().strip("/").rpartition("/")[2]}
+        return data
 
     @model_validator(mode="after")
     def _one_source(self) -> Entry:
         given = [k for k in ("url", "hf", "civitai") if getattr(self, k) is not None]
         if not given:
-            raise ValueError("no source: set exactly one of url, hf (with file) or civitai")
+            self._check_sourceless()
         if len(given) > 1:
             raise ValueError(f"two sources ({' and '.join(given)}): keep exactly one per entry")
         if self.url is not None and not _is_http(self.url):
             raise ValueError(f"url must start with http:// or https://: {self.url!r}")
-        if self.hf is not None and not self.file:
-            raise ValueError('hf entries need file = "path/in/repo"')
+        if (self.include or self.exclude) and not self.is_repo:
+            raise ValueError(
+                'include and exclude are for repository entries (hf = "org/repo" without file)'
+            )
+        if self.is_repo:
+            self._check_repo()
         if self.file is not None and self.url is not None:
             raise ValueError("file is for hf and civitai entries; a url entry uses filename")
         if self.revision is not None and self.hf is None:
@@ -148,18 +176,48 @@ class Entry(_Strict):
         derived = self.default_filename
         if (
             self.filename is None
-            and self.source != "civitai"
+            and self.source not in ("civitai", "none")
+            and not self.is_repo
             and not is_plain_file_name(derived or "")
         ):
             source = f"url {self.url!r}" if self.url is not None else f"file {self.file!r}"
             raise ValueError(f"cannot take a safe file name from {source}: set filename")
         return self
 
+    def _check_sourceless(self) -> None:
+        if not (self.sha256 or self.xxh3_128):
+            raise ValueError(
+                "no source: set exactly one of url, hf or civitai (or, for a file fetched "
+                "only from mirrors, sha256 and filename)"
+            )
+        if self.file is not None or self.revision is not None:
+            raise ValueError('file and revision are for hf entries: set hf = "org/repo"')
+        if not self.filename:
+            raise ValueError("an entry without url, hf or civitai needs filename (and sha256)")
+
+    def _check_repo(self) -> None:
+        for key in ("filename", "sha256", "xxh3_128", "size", "mirrors"):
+            if getattr(self, key):
+                raise ValueError(
+                    f"{key} is for single files; a repository entry (hf without file) pins "
+                    "each of its files in the lock (`modelsync lock`), or set file"
+                )
+        for pattern in (*self.include, *self.exclude):
+            if not pattern.strip():
+                raise ValueError("include/exclude patterns must not be empty")
+
     @property
     def source(self) -> SourceKind:
         if self.url is not None:
             return "url"
-        return "hf" if self.hf is not None else "civitai"
+        if self.hf is not None:
+            return "hf"
+        return "civitai" if self.civitai is not None else "none"
+
+    @property
+    def is_repo(self) -> bool:
+        """A whole Hugging Face repository (or the files `include` picks from it)."""
+        return self.hf is not None and self.file is None
 
     # Cached: asked many times per entry per run, for thousands of entries.
     @cached_property
@@ -177,13 +235,26 @@ class Entry(_Strict):
     def display_name(self) -> str:
         # Civitai names its file only through its API; a stable offline name keeps
         # --only, the lock and error messages working without the network.
-        return self.name or self.default_filename or f"civitai-{self.civitai}"
+        if self.name or self.default_filename:
+            return self.name or self.default_filename or ""
+        if self.hf is not None:  # a repository: its name, like its default folder
+            return self.hf.strip().strip("/").rpartition("/")[2]
+        return f"civitai-{self.civitai}"
 
     def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Entry:
         copy = super().model_copy(update=update, deep=deep)
         for cached in ("default_filename", "display_name"):  # derived from fields that
             copy.__dict__.pop(cached, None)  # `update` may have changed
         return copy
+
+    def controls(self) -> dict[str, Any]:
+        """What the entry says about its download, as Desired's keyword arguments."""
+        return {
+            "priority": self.priority,
+            "connections": self.connections or 0,
+            "optional": self.optional,
+            "tags": self.tags,
+        }
 
     def relpath(self, filename: str | None = None) -> str | None:
         name = filename or self.default_filename
@@ -344,6 +415,11 @@ _EXPECTED: dict[str, tuple[str, str]] = {
     "size": ("a whole number of bytes", "size = 6938078334"),
     "tags": ("a list of strings", 'tags = ["sdxl"]'),
     "mirrors": ("a list of URLs", 'mirrors = ["https://mirror.example/model.safetensors"]'),
+    "include": ("a list of glob patterns", 'include = ["*.safetensors", "tokenizer/*"]'),
+    "exclude": ("a list of glob patterns", 'exclude = ["*.bin", "onnx/*"]'),
+    "priority": ("a whole number from 0 to 100 (higher first; default 50)", "priority = 80"),
+    "connections": ("a whole number from 1 to 16", "connections = 4"),
+    "optional": ("true or false", "optional = true"),
     "settings.root": ("a folder in quotes", 'root = "models"'),
     "settings.max_concurrent": ("a whole number from 1 to 64", "max_concurrent = 4"),
     "settings.connections": (
@@ -394,7 +470,11 @@ def _in_words(err: ErrorDetails, key: str) -> str:
 
 
 def _describe(exc: ValidationError, data: dict[str, Any], text: str) -> list[Problem]:
-    return [_problem(err, data.get("models"), text) for err in exc.errors()]
+    return [
+        problem
+        for err in exc.errors()
+        for problem in tuning_problems(err, text) or [_problem(err, data.get("models"), text)]
+    ]
 
 
 def _problem(err: ErrorDetails, models: Any, text: str) -> Problem:
@@ -468,9 +548,8 @@ def _top_level_line(text: str, key: str) -> int | None:
 
 
 def _cross_entry_problems(manifest: Manifest, text: str) -> list[Problem]:
-    if not manifest.models:
-        message = "no [[models]] entries: add at least one (see README for the format)"
-        return [Problem(None, "models", None, message)]
+    # No [[models]] yet is valid (`modelsync init`'s starter, all examples commented):
+    # plan says "nothing to do"; a misspelt [[model]] is still an unknown key.
     problems: list[Problem] = []
     names: dict[str, int] = {}
     paths: dict[str, int] = {}

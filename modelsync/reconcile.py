@@ -127,12 +127,14 @@ def judged(desired: Desired, learned: Learned | None) -> Desired:
 
 
 LEARNED_CHANGED = "changed since it was downloaded unpinned"
+NO_SOURCE = "missing (no source)"
 
 
 def decide(desired: Desired, seen: Observed) -> Action:
     learned = seen.learned if not desired.pinned else None
     expected = judged(desired, learned)
-    prefix = f"{LEARNED_CHANGED}: " if learned is not None else ""
+    # (a git file's learned hashes are those of its blob: nothing "changed" there)
+    prefix = f"{LEARNED_CHANGED}: " if learned is not None and not desired.git_sha1 else ""
 
     def act(kind: ActionKind, reason: str = "") -> Action:
         return Action(kind, desired, reason, seen.size, seen.partial_bytes, learned)
@@ -140,13 +142,16 @@ def decide(desired: Desired, seen: Observed) -> Action:
     if seen.size is None:
         if seen.partial_bytes is not None:
             return act(ActionKind.RESUME, f"{seen.partial_bytes} bytes already downloaded")
-        return act(ActionKind.DOWNLOAD, "missing")
+        return act(ActionKind.DOWNLOAD, "missing" if desired.fetchable else NO_SOURCE)
     if not seen.is_file:
         return act(ActionKind.REPAIR, "not a regular file")
     if expected.size is not None and seen.size != expected.size:
         return act(ActionKind.REPAIR, f"{prefix}size {seen.size}, expected {expected.size}")
     if seen.cached is None:
         return act(ActionKind.VERIFY, "not verified yet")
+    if desired.git_sha1 and learned is None and not desired.pinned:
+        # The cache knows the file's sha256, not whether it is the blob git names.
+        return act(ActionKind.VERIFY, "not checked against its git blob id yet")
     wrong = hash_mismatches(expected, seen.cached.sha256, seen.cached.xxh3_128)
     if wrong:
         return act(ActionKind.REPAIR, prefix + "; ".join(wrong))

@@ -25,6 +25,27 @@ class RemoteFile:
 
 
 @dataclass(frozen=True)
+class RepoFile:
+    """One file of a repository: its path inside the repo and what pins it. LFS files
+    publish their sha256; files kept in git only their blob id (git_sha1: a sha1 of
+    "blob <size>\\0" + the content)."""
+
+    path: str
+    size: int
+    sha256: str | None = None
+    xxh3_128: str | None = None  # known once verified locally (from the lock)
+    git_sha1: str | None = None
+
+
+@dataclass(frozen=True)
+class RepoListing:
+    """What a repository entry selects at one commit, sorted by path."""
+
+    commit: str
+    files: tuple[RepoFile, ...]
+
+
+@dataclass(frozen=True)
 class Desired:
     """One file the manifest wants, after resolution: the input of reconcile."""
 
@@ -38,10 +59,22 @@ class Desired:
     # Where the hash pin (sha256, else xxh3_128) came from, for humans: "the pin in
     # models.toml line 12", "the pin in models.lock", "the hash that huggingface.co publishes".
     pin_origin: str = ""
+    priority: int = 50  # higher downloads first (the manifest's `priority`)
+    connections: int = 0  # the entry's own `connections`; 0: the run's choice
+    optional: bool = False  # a failure is reported but does not fail the run
+    git_sha1: str | None = None  # a Hub file kept in git (not LFS): its blob id, checked
+    # on download; not a pin (state.db knows no sha1): the learned pin judges it later
+    fetchable: bool = True  # False: no url, hf, civitai nor mirror to download it from
 
     @property
     def pinned(self) -> bool:
+        """A hash of the content pins it: the stat cache and state.db can judge it."""
         return bool(self.sha256 or self.xxh3_128)
+
+    @property
+    def vouched(self) -> bool:
+        """Something published pins its bytes: a content hash, or a git blob id."""
+        return self.pinned or self.git_sha1 is not None
 
 
 # (entry name, fresh) → where aria2 can fetch it right now. Called at every add: the first

@@ -53,10 +53,11 @@ class Report:
     warnings: tuple[str, ...] = ()
     elapsed: float = 0.0
     pruned: tuple[str, ...] = field(default=())
+    optional: frozenset[str] = frozenset()  # names whose failure does not fail the run
 
     @property
     def failed(self) -> bool:
-        return any(e.status in BAD for e in self.entries)
+        return any(e.status in BAD and e.name not in self.optional for e in self.entries)
 
     @property
     def exit_code(self) -> int:

@@ -144,6 +144,11 @@ def _row(values: _Values) -> Row:
     return Row(path, size, mtime_ns, inode % _U64, device % _U64, sha256, xxh3_128, verified_at)
 
 
+# The pins table also maps git blob ids to content hashes, under keys no path relative
+# to root can take (they start with "/").
+_BLOB_KEY = "/git-blob/"
+
+
 def normalize_relpath(relpath: RelPath) -> str:
     """The database key of a path relative to root: POSIX, no '.', no '//'.
 
@@ -260,12 +265,30 @@ class StateDB:
                 out[rp.as_posix() if isinstance(rp, PurePath) else rp] = LearnedPin(*v)
         return out
 
+    def blob_pins(self, git_sha1s: Iterable[str]) -> dict[str, LearnedPin]:
+        """For git blob ids: the size and hashes of bytes seen to have that id, by id."""
+        keys = {_BLOB_KEY + sha1: sha1 for sha1 in git_sha1s}
+        if not keys or not self.has_pins:
+            return {}
+        values: list[tuple[str, int, str, str, float]] = self._read(
+            lambda conn: conn.execute(_SELECT_PINS).fetchall(), []
+        )
+        return {keys[v[0]]: LearnedPin(*v) for v in values if v[0] in keys}
+
     # ---- writing -----------------------------------------------------------------
+
+    def learn_blob(self, git_sha1: str, hashes: FileHashes) -> bool:
+        """Remember that bytes with git blob id `git_sha1` hash to `hashes`: a file kept
+        in git (not LFS) is then judged by its sha256, like any pinned file."""
+        return self._learn(_BLOB_KEY + git_sha1.lower(), hashes)
 
     def learn(self, relpath: RelPath, hashes: FileHashes) -> bool:
         """Remember `hashes` as what apply last placed at `relpath` (replaces any)."""
+        return self._learn(normalize_relpath(relpath), hashes)
+
+    def _learn(self, key: str, hashes: FileHashes) -> bool:
         params = (
-            normalize_relpath(relpath),
+            key,
             hashes.size,
             hashes.sha256.lower(),
             hashes.xxh3_128.lower(),

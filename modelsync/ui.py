@@ -74,6 +74,7 @@ def report_json(report: Report) -> dict[str, Any]:
                 "size": e.size,
                 "bytes_downloaded": e.bytes_downloaded,
                 "error": e.error,
+                **({"optional": True} if e.name in report.optional else {}),
             }
             for e in report.entries
         ],
@@ -427,7 +428,10 @@ def print_summary(report: Report, verbose: bool = False) -> None:
         if e.status is Status.FAILED:
             error = e.error or ""
             named = error if error.startswith(f"{e.name}: ") else f"{e.name}: {error}"
-            err_console.print(f"[red]failed:[/] {escape(named)}")
+            if e.name in report.optional:
+                err_console.print(f"[yellow]failed (optional):[/] {escape(named)}")
+            else:
+                err_console.print(f"[red]failed:[/] {escape(named)}")
             if verbose and e.cause:
                 err_console.print(f"        [dim]cause: {escape(e.cause)}[/]")
 

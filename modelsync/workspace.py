@@ -5,12 +5,20 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+from modelsync import repos
 from modelsync.errors import ModelsyncError, SourceError, SourceUnreachable
 from modelsync.inventory import find_unmanaged, observe
 from modelsync.layout import Layout
-from modelsync.lockfile import Lock, desired_from_lock, lock_table, read_lock, source_entry
+from modelsync.lockfile import (
+    Lock,
+    LockedEntry,
+    desired_from_lock,
+    lock_table,
+    read_lock,
+    source_entry,
+)
 from modelsync.manifest import (
     Entry,
     Manifest,
@@ -18,10 +26,18 @@ from modelsync.manifest import (
     check_paths_inside,
     is_plain_file_name,
 )
-from modelsync.reconcile import Plan, reconcile
+from modelsync.reconcile import Plan, Unmanaged, reconcile
 from modelsync.redact import host_of
-from modelsync.remote import Desired, Locator, RemoteFile
-from modelsync.sources import SourceContext, locate, needs_network, resolve, source_of
+from modelsync.remote import Desired, Locator, RemoteFile, RepoListing
+from modelsync.sources import (
+    SourceContext,
+    list_repository,
+    locate,
+    needs_network,
+    repository_url,
+    resolve,
+    source_of,
+)
 from modelsync.state import StateDB
 
 
@@ -39,10 +55,16 @@ class Target:
     remote: RemoteFile | None = None
     error: str | None = None
     warning: str | None = None
+    owner: str | None = None  # a repository file: the name of its manifest entry
 
     @property
     def name(self) -> str:
         return self.entry.display_name
+
+    @property
+    def entry_name(self) -> str:
+        """The manifest entry this target came from."""
+        return self.owner or self.name
 
 
 def pin_origin(manifest: Manifest | None, entry: Entry, otherwise: str) -> str:
@@ -72,9 +94,10 @@ def desired_for(entry: Entry, remote: RemoteFile, manifest: Manifest | None = No
         size=entry.size if entry.size is not None else exact,
         sha256=entry.sha256 or remote.sha256,
         xxh3_128=entry.xxh3_128 or remote.xxh3_128,
-        tags=entry.tags,
+        **entry.controls(),
         estimated_size=None if remote.size_is_exact else remote.size,
         pin_origin=pin_origin(manifest, entry, _published(remote)),
+        fetchable=bool(remote.urls),
     )
 
 
@@ -96,11 +119,25 @@ def _one_entry_per_path(targets: list[Target]) -> list[Target]:
                 f"{t.name}: resolves to {path}, the file of {owner[path]}; "
                 "set filename (or dir) for one of them"
             )
-            t = Target(t.entry, None, t.remote, error=error, warning=t.warning)
+            t = replace(t, desired=None, error=error)
         elif path is not None:
             owner[path] = t.name
         out.append(t)
     return out
+
+
+def _placed_by_us_prunable(
+    unmanaged: tuple[Unmanaged, ...], trees: set[str], state: StateDB
+) -> tuple[Unmanaged, ...]:
+    """In a repository's folder, a file that modelsync placed (it has a learned pin) and
+    that the repository no longer holds was removed upstream: `--prune` may delete it."""
+    candidates = [u.path for u in unmanaged if not u.prunable and _in_tree(u.path, trees)]
+    placed = state.learned_pins(candidates) if candidates else {}
+    return tuple(replace(u, prunable=True) if u.path in placed else u for u in unmanaged)
+
+
+def _in_tree(path: str, trees: set[str]) -> bool:
+    return any(path.startswith(t + "/") for t in trees)
 
 
 def check_root(root: RootChoice, create: bool) -> None:
@@ -170,31 +207,78 @@ class Workspace:
 
     def targets(self) -> list[Target]:
         """Current lock entries are used as they are (no source asked); others resolve,
-        those that ask a server (Hugging Face, Civitai) several at a time."""
-        out: dict[str, Target] = {}
+        those that ask a server (Hugging Face, Civitai) several at a time. A repository
+        entry becomes one target per file."""
+        out: dict[str, list[Target]] = {}
         pending: list[Entry] = []
-        lock_name = self.manifest.lock_path.name
         for entry in self.entries:
             locked = self.lock.current(entry) if self.lock is not None else None
             if locked is not None:
-                in_lock = f"the pin in {lock_name} {lock_table(entry.display_name)}"
-                origin = pin_origin(self.manifest, entry, in_lock)
-                desired = desired_from_lock(entry, locked, origin)
-                target = Target(source_entry(entry, locked), desired)
-                out[entry.display_name] = target
+                out[entry.display_name] = self._from_lock(entry, locked)
             else:
                 pending.append(entry)
         remote_ones = [e for e in pending if needs_network(e, self.env)]
+        resolved: dict[Entry, list[Target]] = {}
         if len(remote_ones) > 1:
             with ThreadPoolExecutor(max_workers=min(8, len(remote_ones))) as pool:
                 resolved = dict(zip(remote_ones, pool.map(self._resolve, remote_ones), strict=True))
-        else:
-            resolved = {}
         for entry in pending:
             out[entry.display_name] = resolved.get(entry) or self._resolve(entry)
-        return _one_entry_per_path([out[e.display_name] for e in self.entries])
+        return _one_entry_per_path([t for e in self.entries for t in out[e.display_name]])
 
-    def _resolve(self, entry: Entry) -> Target:
+    def _from_lock(self, entry: Entry, locked: LockedEntry) -> list[Target]:
+        in_lock = f"the pin in {self.manifest.lock_path.name} {lock_table(entry.display_name)}"
+        if entry.is_repo:
+            return self._expand(entry, repos.from_lock(locked), in_lock, None)
+        origin = pin_origin(self.manifest, entry, in_lock)
+        desired = desired_from_lock(entry, locked, origin)
+        if entry.source == "none":  # its mirrors are all it has: are there any?
+            urls = resolve(entry, self.sources).urls  # no request: templates only
+            desired = replace(desired, fetchable=bool(urls))
+        return [Target(source_entry(entry, locked), desired)]
+
+    def _expand(
+        self, entry: Entry, listing: RepoListing, origin: str, warning: str | None
+    ) -> list[Target]:
+        out = []
+        escapes: dict[str, str | None] = {}  # one realpath per folder, not per file
+        for item in repos.expand(entry, listing, origin):
+            folder = item.entry.dir
+            if item.desired is not None and folder not in escapes:
+                escapes[folder] = self._escapes(item.entry)
+            error = item.error or (escapes[folder] if item.desired else None)
+            desired = None if error else item.desired
+            out.append(Target(item.entry, desired, None, error, warning, entry.display_name))
+            warning = None  # said once, on the first file
+        return out
+
+    def _escapes(self, entry: Entry) -> str | None:
+        """A repository's subfolder that leads outside root through a symlink: every
+        file there fails with this (the report names each file)."""
+        real_root = os.path.realpath(self.root)
+        real = os.path.realpath(os.path.join(self.root, entry.dir))
+        if real == real_root or real.startswith(real_root.rstrip(os.sep) + os.sep):
+            return None
+        return (
+            f"folder {entry.dir!r} resolves to {real}, outside root "
+            f"{real_root} (through a symlink); not downloaded"
+        )
+
+    def _resolve(self, entry: Entry) -> list[Target]:
+        if entry.is_repo:
+            return self._list_repo(entry)
+        return [self._resolve_file(entry)]
+
+    def _list_repo(self, entry: Entry) -> list[Target]:
+        warning = self._stale_warning(entry)
+        try:
+            listing = list_repository(entry, self.sources)
+        except ModelsyncError as exc:
+            return [Target(entry, None, error=str(exc), warning=warning)]
+        host = host_of(repository_url(entry, self.env))
+        return self._expand(entry, listing, f"the hash that {host} publishes", warning)
+
+    def _resolve_file(self, entry: Entry) -> Target:
         warning = self._stale_warning(entry)
         try:
             remote = resolve(entry, self.sources)
@@ -229,7 +313,7 @@ class Workspace:
             size=entry.size,
             sha256=entry.sha256,
             xxh3_128=entry.xxh3_128,
-            tags=entry.tags,
+            **entry.controls(),
             pin_origin=pin_origin(self.manifest, entry, ""),
         )
         offline = (
@@ -257,9 +341,13 @@ class Workspace:
     def plan(self, targets: list[Target], state: StateDB | None) -> Plan:
         desired = [t.desired for t in targets if t.desired is not None]
         observed = observe(self.layout, desired, state)
-        known, unknown_dirs = self._all_paths(targets)
+        known, unknown_dirs, trees = self._all_paths(targets)
         named_dirs = {e.dir for e in self.manifest.models if e.dir}
-        unmanaged = find_unmanaged(self.layout, known, unknown_dirs, self._own_files(), named_dirs)
+        unmanaged = find_unmanaged(
+            self.layout, known, unknown_dirs, self._own_files(), named_dirs, trees
+        )
+        if trees and state is not None:
+            unmanaged = _placed_by_us_prunable(unmanaged, trees, state)
         return reconcile(desired, observed, unmanaged)
 
     def _own_files(self) -> list[str]:
@@ -271,17 +359,37 @@ class Workspace:
                 out.append(rel.replace(os.sep, "/"))
         return out
 
-    def _all_paths(self, targets: list[Target]) -> tuple[set[str], set[str]]:
-        """Every path the whole manifest wants (not just --only), so others aren't unmanaged."""
-        resolved = {t.entry.display_name: t.desired.path for t in targets if t.desired}
+    def _all_paths(self, targets: list[Target]) -> tuple[set[str], set[str], set[str]]:
+        """Every path the whole manifest wants (not just --only), so others aren't
+        unmanaged; folders whose files are not known; repositories' folders (whole trees)."""
+        resolved: dict[str, list[str]] = {}
+        failed: set[str] = set()
+        for t in targets:
+            if t.desired is not None:
+                resolved.setdefault(t.entry_name, []).append(t.desired.path)
+            elif t.owner is None:
+                failed.add(t.name)  # a repository whose listing failed, among others
         known: set[str] = set()
         unknown_dirs: set[str] = set()
+        trees: set[str] = set()
         for entry in self.manifest.models:
-            path = resolved.get(entry.display_name) or entry.relpath()
-            locked = self.lock.current(entry) if path is None and self.lock else None
-            path = locked.path if locked else path
-            if path is None:
+            paths = resolved.get(entry.display_name) or self._locked_paths(entry)
+            if paths is None or (entry.is_repo and entry.display_name in failed):
                 unknown_dirs.add(entry.dir or ".")
-            else:
-                known.add(path)
-        return known, unknown_dirs
+                continue
+            known.update(paths)
+            if entry.is_repo and entry.dir:
+                trees.add(entry.dir)
+        return known, unknown_dirs, trees - unknown_dirs
+
+    def _locked_paths(self, entry: Entry) -> list[str] | None:
+        """Where an entry that was not resolved in this run points: from the manifest
+        alone, else from its current lock entry; None when unknown."""
+        if not entry.is_repo and (path := entry.relpath()) is not None:
+            return [path]
+        locked = self.lock.current(entry) if self.lock is not None else None
+        if locked is None:
+            return None
+        if locked.files is not None:
+            return [f"{entry.dir}/{p}" if entry.dir else p for p in locked.files]
+        return [locked.path] if locked.path else None

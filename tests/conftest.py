@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import socket
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -13,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from modelsync.aria2 import find_aria2c
 from tests.servers import FakeCivitai, FakeHub, FileServer
 
 # Hermetic: huggingface_hub must not read a developer's token or cache, nor ping
@@ -21,6 +24,33 @@ os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="modelsync-tests-hf-")
 for _name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "CIVITAI_TOKEN", "CIVITAI_API_TOKEN"):
     os.environ.pop(_name, None)
+
+
+@pytest.fixture
+def foreign_aria2(tmp_path: Path) -> Iterator[tuple[str, str]]:
+    """A user's own aria2c (ComfyUI-Manager's, say), with a known secret: its URL and secret."""
+    secret = "foreign-secret-7d2e"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [
+            find_aria2c(),
+            "--enable-rpc",
+            f"--rpc-listen-port={port}",
+            f"--rpc-secret={secret}",
+            "--no-conf",
+            "--disable-ipv6",
+            f"--dir={tmp_path}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        yield f"http://127.0.0.1:{port}/jsonrpc", secret
+    finally:
+        proc.terminate()
+        proc.wait(10)
 
 
 @pytest.fixture

@@ -35,15 +35,21 @@ from modelsync.errors import ManifestError, ModelsyncError
 from modelsync.lockfile import read_lock
 from modelsync.manifest import Entry, Manifest, Settings, load_manifest
 from modelsync.redact import redact_urls
-from modelsync.sources import SourceContext, civitai, resolve, source_of
+from modelsync.sources import SourceContext, civitai, list_repository, resolve, source_of
+from modelsync.units import human_size
 
-SOURCE_FORMS = "a URL, hf://org/repo/path/in/repo[@revision] or civitai:<version id>"
+SOURCE_FORMS = (
+    "a URL, hf://org/repo/path/in/repo[@revision], hf://org/repo[@revision] (a whole "
+    "repository) or civitai:<version id>"
+)
 _KEY_ORDER = (
     "name",
     "url",
     "hf",
     "file",
     "revision",
+    "include",
+    "exclude",
     "civitai",
     "dir",
     "filename",
@@ -107,13 +113,18 @@ def _parse_civitai_link(url: str) -> dict[str, Any]:
 
 
 def _parse_hf(source: str) -> dict[str, Any]:
-    parts = source.removeprefix("hf://").split("/")
+    parts = source.removeprefix("hf://").rstrip("/").split("/")
     n = 3 if parts[0] == "datasets" else 2  # "datasets/org/name" is the repo id of a dataset
-    if len(parts) <= n or not all(parts):
+    if len(parts) < n or not all(parts):
         raise ModelsyncError(
-            f"SOURCE {source!r}: expected hf://org/repo/path/in/repo[@revision] "
-            "(hf://datasets/org/name/path for a dataset)"
+            f"SOURCE {source!r}: expected hf://org/repo/path/in/repo[@revision] or "
+            "hf://org/repo[@revision] (hf://datasets/org/name[/path] for a dataset)"
         )
+    if len(parts) == n:  # the whole repository
+        whole, _, at = "/".join(parts).partition("@")
+        if not whole or ("@" in source and not at):
+            raise ModelsyncError(f"SOURCE {source!r}: expected hf://org/repo[@revision]")
+        return {"hf": whole, "revision": unquote(at)} if at else {"hf": whole}
     repo, path, revision = "/".join(parts[:n]), "/".join(parts[n:]), None
     if "@" in repo:  # hf://org/repo@revision/path, as huggingface_hub's HfFileSystem spells it
         repo, revision = repo.split("@", 1)
@@ -128,15 +139,44 @@ def _parse_hf(source: str) -> dict[str, Any]:
     return values
 
 
+def needs_dir(source: str, env: Mapping[str, str]) -> bool:
+    """A file SOURCE needs --dir; a whole repository defaults to its name. (A SOURCE that
+    does not parse is left to run_add, which says what is wrong with it.)"""
+    try:
+        values = parse_source(source, env)
+    except ModelsyncError:
+        return False
+    return not ("hf" in values and "file" not in values)
+
+
 def run_add(
-    manifest_path: Path, source: str, dir: str, name: str | None, env: Mapping[str, str]
+    manifest_path: Path,
+    source: str,
+    dir: str | None,
+    name: str | None,
+    env: Mapping[str, str],
+    include: tuple[str, ...] = (),
+    exclude: tuple[str, ...] = (),
 ) -> AddResult:
     path = manifest_path.resolve() if manifest_path.is_symlink() else manifest_path
     text = _read(path)
     existing = _existing(path, text)
     values: dict[str, Any] = {"name": name} if name else {}
     values |= parse_source(source, env)
-    values["dir"] = dir
+    repository = "hf" in values and "file" not in values
+    if (include or exclude) and not repository:
+        raise ModelsyncError(
+            "--include and --exclude are for a whole repository",
+            "give SOURCE as hf://org/repo (without a path in it)",
+        )
+    if include:
+        values["include"] = list(include)
+    if exclude:
+        values["exclude"] = list(exclude)
+    if dir is None and not repository:
+        raise ModelsyncError("--dir is needed for a file: the folder under root it goes to")
+    # A repository's folder defaults to its name; written out, so the manifest says it.
+    values["dir"] = dir if dir is not None else values["hf"].rpartition("/")[2]
     ctx = SourceContext(existing.settings if existing else _settings_of(text), env)
     try:
         entry, relpath, notes = _complete(values, existing, ctx)
@@ -152,7 +192,8 @@ def run_add(
             raise ManifestError(str(path), exc.problems) from None
 
     write_text_atomic(path, new_text, check)
-    return AddResult(path, entry.display_name, relpath, ordered, not entry_pinned(entry), notes)
+    unpinned = not entry.is_repo and not entry_pinned(entry)  # a repo's files: published
+    return AddResult(path, entry.display_name, relpath, ordered, unpinned, notes)
 
 
 def _complete(
@@ -171,6 +212,8 @@ def _complete(
     entry = _validate(values)
     if existing:
         _refuse_same_source_or_name(existing, entry, ctx.env)
+    if entry.is_repo:
+        return entry, entry.dir or ".", (_repository_note(entry, ctx),)
     remote = resolve(entry, ctx)  # SourceError: exit 1, no write
     if entry.url is not None and remote.filename != entry.default_filename:
         values["filename"] = remote.filename  # a download link that does not show it
@@ -191,6 +234,22 @@ def _complete(
             values["size"] = size
         notes += [unknown] if unknown else []
     return entry, relpath, tuple(notes)
+
+
+def _repository_note(entry: Entry, ctx: SourceContext) -> str:
+    """What the repository entry selects now (listed once: a typo in a pattern shows)."""
+    listing = list_repository(entry, ctx)  # SourceError: exit 1, no write
+    size = sum(f.size for f in listing.files)
+    if not listing.files:
+        raise ModelsyncError(
+            f"{entry.hf} at {entry.revision or 'main'}: include/exclude select no file; "
+            "nothing was added",
+            "check the patterns (fnmatch globs on the path in the repo, e.g. '*.gguf', 'unet/*')",
+        )
+    return (
+        f"{len(listing.files)} file(s), {human_size(size)} at commit {listing.commit[:12]}; "
+        f"`modelsync lock` pins the commit and every file"
+    )
 
 
 def _latest_version(model_id: int, ctx: SourceContext) -> tuple[int, str]:

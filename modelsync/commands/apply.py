@@ -84,17 +84,27 @@ def _secrets(ws: Workspace, request: ApplyRequest) -> tuple[str, ...]:
     """Values to redact: the sources' tokens (stored ones too) and aria2 RPC secrets."""
     names = ("MODELSYNC_ARIA2_SECRET", "COMFYUI_MANAGER_ARIA2_SECRET")
     values = [ws.env.get(n, "") for n in names] + [request.aria2_secret or ""]
-    return (*ws.sources.secrets, *(v for v in values if v))
+    return (*ws.sources.secrets, *(v for v in values if v), *ws.manifest.settings.aria2.secrets)
 
 
 def open_daemon(
-    ws: Workspace, request: ApplyRequest, max_concurrent: int, max_speed: int
+    ws: Workspace,
+    request: ApplyRequest,
+    max_concurrent: int,
+    max_speed: int,
+    warn: Callable[[str], None] = lambda _message: None,
 ) -> Aria2Daemon:
     from modelsync.aria2 import Aria2Daemon, resolve_attach_settings
 
     attach = resolve_attach_settings(request.aria2_url, request.aria2_secret, ws.env)
     if attach is not None:
         daemon = Aria2Daemon.attach(*attach)
+        unused = ", ".join(ws.manifest.settings.aria2.global_only)
+        if unused:  # said, so that nobody believes their proxy CA or cache is in use
+            warn(
+                f"[settings.aria2] {unused}: not applied to the aria2 at {daemon.url}, "
+                "which keeps its own global options (only modelsync's own aria2c gets them)"
+            )
         daemon.change_global_option(
             {
                 "max-concurrent-downloads": str(max_concurrent),
@@ -103,11 +113,26 @@ def open_daemon(
         )
         return daemon
     wait_for_orphan_daemon(ws.layout)
+    tuning = ws.manifest.settings.aria2.global_only  # an attached daemon keeps its own
+    _check_ca_certificate(ws, tuning.get("ca-certificate"))
     daemon = Aria2Daemon.spawn(
-        max_concurrent=max_concurrent, max_overall_speed=max_speed, session_dir=ws.layout.own
+        max_concurrent=max_concurrent,
+        max_overall_speed=max_speed,
+        session_dir=ws.layout.own,
+        extra_options=tuning,
     )
     ws.layout.daemon_pid.write_text(str(daemon.pid))
     return daemon
+
+
+def _check_ca_certificate(ws: Workspace, path: str | None) -> None:
+    # aria2c would only log a missing CA file and then fail every TLS download
+    if path is not None and not os.path.isfile(path):
+        raise ModelsyncError(
+            f"{ws.manifest.path.name}: [settings.aria2]: key 'ca-certificate': "
+            f"{path} is not a file",
+            "point ca-certificate at a PEM file of CA certificates, or remove it",
+        )
 
 
 def run_apply(
@@ -133,7 +158,8 @@ def run_apply(
         order = {t.name: i for i, t in enumerate(targets)}
         results.sort(key=lambda r: order[r.name])
         pruned: tuple[str, ...] = ()
-        failed = any(r.status is Status.FAILED for r in results)
+        optional = frozenset(t.name for t in targets if t.entry.optional)
+        failed = any(r.status is Status.FAILED and r.name not in optional for r in results)
         if request.prune and not failed:
             pruned = _prune(ws, plan, request.confirm_prune)
     downloaded = sum(r.bytes_downloaded for r in results)
@@ -147,6 +173,7 @@ def run_apply(
         warnings=tuple(unpinned_warnings(targets)),
         elapsed=time.monotonic() - started,
         pruned=pruned,
+        optional=optional,
     )
 
 
@@ -167,12 +194,13 @@ def _execute(
     connections = request.connections
     executor = Executor(
         ws.layout,
-        lambda: open_daemon(ws, request, jobs, speed),
+        lambda: open_daemon(ws, request, jobs, speed, reporter.warn),
         state,
         resolver=ws.locator(targets),
         options=ApplyOptions(
             connections=connections if connections is not None else settings.connections,
             stall_timeout=request.stall_timeout,
+            tuning=settings.aria2,
         ),
         reporter=reporter,
         secrets=_secrets(ws, request),

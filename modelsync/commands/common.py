@@ -14,7 +14,7 @@ def unpinned_warnings(targets: list[Target]) -> list[str]:
         f"{t.name}: no sha256 or xxh3_128 pinned; the file is only checked against the "
         "hashes of modelsync's own download of it (add a hash, or run `modelsync lock`)"
         for t in targets
-        if t.desired is not None and not t.desired.pinned
+        if t.desired is not None and not t.desired.vouched
     ]
 
 

@@ -26,15 +26,17 @@ import os
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
+from modelsync import repos
 from modelsync.commands.apply import ApplyRequest, run_apply
 from modelsync.errors import EXIT_FAILED, EXIT_OK, ModelsyncError
 from modelsync.lockfile import Lock, LockedEntry, fingerprint, plain_url, write_lock
 from modelsync.manifest import Entry
 from modelsync.progress import NullReporter, Reporter
-from modelsync.remote import Desired, RemoteFile
+from modelsync.remote import Desired, RemoteFile, RepoListing
 from modelsync.results import EntryResult, Report, Status
-from modelsync.sources import resolve
+from modelsync.sources import list_repository, repository_url, resolve
 from modelsync.state import Row, StateDB
 from modelsync.workspace import Workspace, desired_for
 
@@ -94,6 +96,16 @@ def run_lock(
             if current is not None and not upgrade:
                 new[name] = current  # byte for byte: what this disk learned is no change
                 continue
+            if entry.is_repo:
+                try:
+                    listing = list_repository(entry, ws.sources)
+                except ModelsyncError as exc:
+                    errors[name] = str(exc)
+                    if previous is not None:
+                        new[name] = previous
+                    continue
+                new[name] = _locked_repo(ws, entry, listing, previous, rows)
+                continue
             try:
                 remote = resolve(entry, ws.sources)
             except ModelsyncError as exc:
@@ -150,12 +162,39 @@ def _locked(
     return LockedEntry(
         fingerprint=fingerprint(entry),
         path=desired.path,
-        url=plain_url(remote.urls[0], secrets) if remote.urls else None,
+        # An entry pinned by hash alone has mirrors, not an origin: nothing to lock there.
+        url=plain_url(remote.urls[0], secrets) if remote.urls and entry.source != "none" else None,
         commit=remote.commit,
         size=desired.size,
         estimated_size=desired.estimated_size if desired.size is None else None,
         sha256=desired.sha256.lower() if desired.sha256 else None,
         xxh3_128=desired.xxh3_128.lower() if desired.xxh3_128 else None,
+    )
+
+
+def _locked_repo(
+    ws: Workspace,
+    entry: Entry,
+    listing: RepoListing,
+    previous: LockedEntry | None,
+    rows: dict[str, Row],
+) -> LockedEntry:
+    """The commit and every selected file; xxh3_128 added for LFS files verified here."""
+    before = previous.files if previous is not None and previous.files else {}
+    files = {}
+    for path, f in repos.to_lock(listing).items():
+        known = before.get(path)
+        if f.sha256 and known is not None and known.sha256 == f.sha256 and known.xxh3_128:
+            f = f.model_copy(update={"xxh3_128": known.xxh3_128})
+        row = _verified_row(ws, f"{entry.dir}/{path}" if entry.dir else path, rows)
+        if f.sha256 and not f.xxh3_128 and row is not None and row.sha256 == f.sha256:
+            f = f.model_copy(update={"xxh3_128": row.xxh3_128})
+        files[path] = f
+    return LockedEntry(
+        fingerprint=fingerprint(entry),
+        url=plain_url(repository_url(entry, ws.env), ws.sources.secrets),
+        commit=listing.commit,
+        files=files,
     )
 
 
@@ -193,7 +232,7 @@ def _verified_row(ws: Workspace, path: str, rows: dict[str, Row]) -> Row | None:
 
 def _with_local_hashes(ws: Workspace, locked: LockedEntry, rows: dict[str, Row]) -> LockedEntry:
     """Add xxh3_128 and the exact size once the file was verified here against the lock."""
-    if locked.xxh3_128 and locked.sha256 and locked.size is not None:
+    if locked.path is None or (locked.xxh3_128 and locked.sha256 and locked.size is not None):
         return locked
     row = _verified_row(ws, locked.path, rows)
     if row is None:
@@ -252,6 +291,21 @@ def _fetch(
     return run_apply(fetch, replace(request, prune=False), _LockingReporter(reporter))
 
 
+def _files_changed(a: dict[str, Any], b: dict[str, Any]) -> str:
+    """ "files: 2 added (x, y), 1 removed (z)": a repository's files across two locks."""
+    kinds = {
+        "added": sorted(set(b) - set(a)),
+        "removed": sorted(set(a) - set(b)),
+        "changed": sorted(p for p in set(a) & set(b) if a[p] != b[p]),
+    }
+    parts = []
+    for kind, paths in kinds.items():
+        if paths:
+            shown = ", ".join(paths[:3]) + (", ..." if len(paths) > 3 else "")
+            parts.append(f"{len(paths)} {kind} ({shown})")
+    return "files: " + ", ".join(parts) if parts else "files"
+
+
 def _changes(old: Lock, new: Lock) -> list[LockChange]:
     out = []
     for name, locked in new.models.items():
@@ -266,10 +320,12 @@ def _changes(old: Lock, new: Lock) -> list[LockChange]:
     return out
 
 
-def _describe(fields: list[str], a: dict[str, object], b: dict[str, object]) -> str:
+def _describe(fields: list[str], a: dict[str, Any], b: dict[str, Any]) -> str:
     parts = []
     for key in fields:
-        if key == "commit" and a[key] and b[key]:
+        if key == "files":
+            parts.append(_files_changed(a[key] or {}, b[key] or {}))
+        elif key == "commit" and a[key] and b[key]:
             parts.append(f"commit {str(a[key])[:12]} -> {str(b[key])[:12]}")
         elif key == "fingerprint":
             parts.append("manifest entry changed")

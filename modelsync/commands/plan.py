@@ -18,7 +18,7 @@ def plan_report(ws: Workspace, targets: list[Target], plan: Plan, started: float
         d = action.desired
         status = Status.OK if action.kind is ActionKind.OK else Status.PENDING
         detail = action.reason
-        if status is Status.OK and not d.pinned:  # in place, but nothing vouches for it
+        if status is Status.OK and not d.vouched:  # in place, but nothing vouches for it
             status, detail = Status.UNPINNED, UNPINNED_HINT
         size = d.size if d.size is not None else (action.local_size or d.estimated_size)
         entries.append(EntryResult(d.name, d.path, action.kind.value, status, size, detail=detail))

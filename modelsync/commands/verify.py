@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from modelsync.commands.common import UNPINNED_HINT, failed_targets, unpinned_warnings
-from modelsync.hashing import FileHashes, hash_files
+from modelsync.hashing import FileHashes, git_blob_sha1, hash_files
 from modelsync.reconcile import LEARNED_CHANGED, Learned, hash_mismatches, judged
 from modelsync.remote import Desired
 from modelsync.results import EntryResult, Report, Status, free_bytes
@@ -22,7 +22,11 @@ def _fast_verifiable(t: Target) -> bool:
 def _expected(ws: Workspace, targets: list[Target]) -> dict[str, Desired]:
     """What each resolved entry's file is judged against: its pins, or else the pin
     learned when apply downloaded it unpinned (the same object when that changes nothing)."""
-    unpinned = [t.desired.path for t in targets if t.desired and not t.desired.pinned]
+    unpinned = [
+        t.desired.path
+        for t in targets
+        if t.desired and not t.desired.pinned and not t.desired.git_sha1  # see _git_check
+    ]
     pins = {}
     if unpinned:
         with StateDB.open(ws.root, create=False) as state:
@@ -44,6 +48,21 @@ def _xxh3_differs(outcome: FileHashes | OSError, t: Target) -> bool:
     return isinstance(outcome, FileHashes) and (
         t.desired is None or outcome.xxh3_128 != t.desired.xxh3_128
     )
+
+
+def _git_check(state: StateDB, d: Desired, path: Path, hashes: FileHashes) -> list[str]:
+    """A file kept in git (not LFS) that nothing else pins: its git blob id, computed;
+    the bytes that match it are remembered (plan then judges the file by its sha256)."""
+    if d.pinned or not d.git_sha1:
+        return []
+    try:
+        actual = git_blob_sha1(path)
+    except OSError as exc:
+        return [f"cannot read: {exc}"]
+    if actual != d.git_sha1:
+        return [f"git blob sha1 expected {d.git_sha1}, got {actual}"]
+    state.learn_blob(actual, hashes)
+    return []
 
 
 def run_verify(ws: Workspace, *, strict: bool = False) -> Report:
@@ -103,6 +122,7 @@ def run_verify(ws: Workspace, *, strict: bool = False) -> Report:
                 assert d.sha256 is not None
                 outcome = FileHashes(outcome.size, d.sha256, outcome.xxh3_128)
             wrong = hash_mismatches(d, outcome.sha256, outcome.xxh3_128)
+            wrong += _git_check(state, d, path, outcome)
             # The cache states what the file holds, right or wrong: a mismatch stays known.
             state.record(d.path, st, outcome)
             if wrong:
@@ -110,7 +130,7 @@ def run_verify(ws: Workspace, *, strict: bool = False) -> Report:
                 results[t.name] = EntryResult(
                     t.name, d.path, "verify", Status.CORRUPT, st.st_size, error=error
                 )
-            elif d is t.desired and d.pinned:
+            elif d is t.desired and d.vouched:
                 results[t.name] = EntryResult(t.name, d.path, "verify", Status.OK, st.st_size)
             else:  # matches its learned pin, or was never downloaded by modelsync
                 results[t.name] = EntryResult(
@@ -118,6 +138,7 @@ def run_verify(ws: Workspace, *, strict: bool = False) -> Report:
                 )
     entries += [results[t.name] for t in targets if t.name in results]
     return Report(
+        optional=frozenset(t.name for t in targets if t.entry.optional),
         command="verify",
         root=ws.root,
         entries=tuple(entries),

@@ -10,7 +10,8 @@ Two questions, two functions:
 
 Dispatch: `hf` entries and `url` entries on huggingface.co / $HF_ENDPOINT go to
 huggingface.py; `civitai` entries and civitai.com model/download links go to civitai.py;
-every other URL is used as written (url.py, no network).
+every other URL is used as written (url.py, no network), and so are the mirrors of an
+entry pinned by hash alone (no url, hf nor civitai).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING, Literal
 
 from modelsync.manifest import Entry, Settings
 from modelsync.redact import redact
-from modelsync.remote import RemoteFile
+from modelsync.remote import RemoteFile, RepoListing
 
 if TYPE_CHECKING:
     import requests
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
 #: Environment variables that hold tokens: their values are redacted from every message.
 TOKEN_VARIABLES = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "CIVITAI_TOKEN", "CIVITAI_API_TOKEN")
 
-SourceName = Literal["url", "hf", "civitai"]
+SourceName = Literal["url", "hf", "civitai", "none"]
 
 
 @dataclass
@@ -150,9 +151,26 @@ def locate(entry: Entry, ctx: SourceContext, *, fresh: bool = False) -> RemoteFi
     return located
 
 
+def list_repository(entry: Entry, ctx: SourceContext) -> RepoListing:
+    """The files a repository entry selects, at the commit its revision points to."""
+    from . import huggingface
+
+    return huggingface.list_repo(entry, ctx)
+
+
+def repository_url(entry: Entry, env: Mapping[str, str]) -> str:
+    """The page of a repository entry's repo (plain: for the lock and messages)."""
+    from . import huggingface
+
+    assert entry.hf is not None
+    repo_type, repo_id = huggingface.parse_repo(entry.hf)
+    ref = huggingface.HubFile(repo_id, "", "main", repo_type)
+    return f"{huggingface.endpoint(env)}/{ref.repo_path}"
+
+
 def needs_network(entry: Entry, env: Mapping[str, str] | None = None) -> bool:
     """True when resolving `entry` asks a server (HF/Civitai metadata)."""
-    return source_of(entry, env or {}) != "url"
+    return source_of(entry, env or {}) in ("hf", "civitai")
 
 
 def modelsync_version() -> str:

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import PurePosixPath
-from typing import TYPE_CHECKING, Literal, NoReturn
+from typing import TYPE_CHECKING, Literal, NoReturn, TypeVar
 from urllib.parse import unquote, urljoin, urlsplit
 
 # huggingface_hub pings its endpoint for telemetry on first use; a sync tool must not make
@@ -27,7 +27,7 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 from modelsync.errors import SourceError, SourceUnreachable
 from modelsync.manifest import Entry
 from modelsync.redact import host_of
-from modelsync.remote import RemoteFile
+from modelsync.remote import RemoteFile, RepoFile, RepoListing
 from modelsync.sources.http import bearer, origin, same_origin
 from modelsync.sources.url import mirror_urls
 
@@ -42,6 +42,7 @@ RepoType = Literal["model", "dataset", "space"]
 _PREFIXES: dict[str, RepoType] = {"datasets": "dataset", "spaces": "space"}
 _FILE_LINKS = ("resolve", "blob", "raw")  # /blob/ is the page of a file, /raw/ its git blob
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -207,38 +208,26 @@ def _located(resolved: RemoteFile, location: str, tok: str | None) -> RemoteFile
 def _metadata(
     entry: Entry, ctx: SourceContext, ref: HubFile, revision: str, tok: str | None
 ) -> HfFileMetadata:
-    import httpx2
     from huggingface_hub import get_hf_file_metadata
-    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
     from modelsync.sources import modelsync_version
 
     hub = endpoint(ctx.env)
-    try:
-        return get_hf_file_metadata(
+    at = replace(ref, revision=revision)
+    return _call_hub(
+        entry,
+        ctx,
+        at,
+        tok,
+        lambda: get_hf_file_metadata(
             ref.url(hub, revision),
             token=tok or False,
             timeout=ctx.timeout,
             library_name="modelsync",
             library_version=modelsync_version(),
             endpoint=hub,
-        )
-    except HfHubHTTPError as exc:
-        _hub_error(entry, ctx, ref, revision, tok, exc)
-    except OfflineModeIsEnabled:
-        raise SourceError(
-            f"{entry.display_name}: HF_HUB_OFFLINE is set, so {ref.repo_path} cannot be resolved",
-            "unset HF_HUB_OFFLINE (modelsync needs the Hub's metadata to download)",
-        ) from None
-    except (httpx2.HTTPError, httpx2.InvalidURL, OSError) as exc:  # transport, timeouts
-        reason = ctx.redact(str(exc) or type(exc).__name__)
-        raise SourceUnreachable(
-            f"{entry.display_name}: cannot reach {host_of(hub)} to resolve {ref.repo_path}: "
-            f"{reason}",
-            "check the network connection and proxy settings"
-            + (f", and HF_ENDPOINT ({hub})" if hub != HUB else ""),
-            host=host_of(hub),
-        ) from None
+        ),
+    )
 
 
 def _hub_error(
@@ -299,3 +288,83 @@ def _hub_error(
         message = f"{name}: {host_of(hub)} answered {status or 'an error'} for {repo}"
         hint = "try again later"
     raise SourceError(ctx.redact(message), ctx.redact(hint)) from None
+
+
+# ---- whole repositories ------------------------------------------------------------------
+
+
+def list_repo(entry: Entry, ctx: SourceContext) -> RepoListing:
+    """The files of a repository entry at its revision, in one API call (nothing
+    downloaded): the commit, and each file's path, size and published hashes."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.utils import filter_repo_objects  # type: ignore[attr-defined]
+
+    assert entry.hf is not None and entry.file is None
+    repo_type, repo_id = parse_repo(entry.hf)
+    revision = entry.revision or "main"
+    ref = HubFile(repo_id, "", revision, repo_type)
+    hub = endpoint(ctx.env)
+    tok = token(ctx)
+    api = HfApi(endpoint=hub, token=tok or False, library_name="modelsync")
+    info = _call_hub(
+        entry,
+        ctx,
+        ref,
+        tok,
+        lambda: api.repo_info(
+            repo_id,
+            revision=revision,
+            repo_type=None if repo_type == "model" else repo_type,
+            files_metadata=True,
+            timeout=ctx.timeout,
+        ),
+    )
+    siblings = list(
+        filter_repo_objects(
+            getattr(info, "siblings", None) or [],
+            allow_patterns=list(entry.include) or None,
+            ignore_patterns=list(entry.exclude) or None,
+            key=lambda s: s.rfilename,
+        )
+    )
+    files = []
+    for sib in siblings:
+        lfs = sib.lfs
+        sha256 = lfs.sha256.lower() if lfs is not None and lfs.sha256 else None
+        size = lfs.size if lfs is not None else sib.size
+        blob = (sib.blob_id or "").lower() if lfs is None else None
+        files.append(RepoFile(sib.rfilename, size or 0, sha256, git_sha1=blob or None))
+    if info.sha is None:
+        raise SourceError(
+            f"{entry.display_name}: {host_of(hub)} gave no commit for {ref.repo_path}",
+            "try again later",
+        )
+    return RepoListing(info.sha, tuple(sorted(files, key=lambda f: f.path)))
+
+
+def _call_hub(
+    entry: Entry, ctx: SourceContext, ref: HubFile, tok: str | None, call: Callable[[], T]
+) -> T:
+    """`call` (a huggingface_hub request), its failures turned into our errors."""
+    import httpx2
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
+    hub = endpoint(ctx.env)
+    try:
+        return call()
+    except HfHubHTTPError as exc:
+        _hub_error(entry, ctx, ref, ref.revision, tok, exc)
+    except OfflineModeIsEnabled:
+        raise SourceError(
+            f"{entry.display_name}: HF_HUB_OFFLINE is set, so {ref.repo_path} cannot be resolved",
+            "unset HF_HUB_OFFLINE (modelsync needs the Hub's metadata to download)",
+        ) from None
+    except (httpx2.HTTPError, httpx2.InvalidURL, OSError) as exc:  # transport, timeouts
+        reason = ctx.redact(str(exc) or type(exc).__name__)
+        raise SourceUnreachable(
+            f"{entry.display_name}: cannot reach {host_of(hub)} to resolve {ref.repo_path}: "
+            f"{reason}",
+            "check the network connection and proxy settings"
+            + (f", and HF_ENDPOINT ({hub})" if hub != HUB else ""),
+            host=host_of(hub),
+        ) from None

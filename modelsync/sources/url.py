@@ -30,10 +30,13 @@ def mirror_urls(templates: tuple[str, ...], sha256: str | None, xxh3_128: str | 
 
 
 def resolve(entry: Entry, ctx: SourceContext) -> RemoteFile:
-    assert entry.url is not None, "hf and civitai entries go to their own sources"
+    """A url entry, or one pinned by hash alone: then its mirrors are all it has (none
+    at all is no error here: the file may be in place; a download says what is missing)."""
+    assert entry.source in ("url", "none"), "hf and civitai entries go to their own sources"
     filename = entry.default_filename
     assert filename is not None  # validated by the manifest
-    urls = [entry.url, *entry.mirrors]
+    urls = [entry.url] if entry.url is not None else []
+    urls += entry.mirrors
     urls += mirror_urls(ctx.settings.mirrors, entry.sha256, entry.xxh3_128)
     return RemoteFile(
         urls=tuple(dict.fromkeys(urls)),

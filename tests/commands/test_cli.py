@@ -48,7 +48,11 @@ def assert_usage_error(run: Run, usage: str, reason: str) -> None:
         (["--bogus"], "Usage: modelsync [OPTIONS] COMMAND", "No such option: --bogus"),
         (["plan", "--bogus"], "Usage: modelsync plan [OPTIONS]", "No such option: --bogus"),
         (["plan"], "Usage: modelsync plan [OPTIONS]", "Missing argument 'MANIFEST'"),
-        (["add", "m.toml", "x"], "Usage: modelsync add [OPTIONS]", "Missing option '--dir'"),
+        (
+            ["add", "m.toml", "https://example.com/x.bin"],
+            "Usage: modelsync add [OPTIONS]",
+            "'--dir': missing: a file needs the folder",
+        ),
         (["apply", "m.toml", "--jobs"], "Usage: modelsync apply", "Option '--jobs' requires"),
         (["apply", "m.toml", "--jobs", "0"], "Usage: modelsync apply", "'--jobs': must be 1 or"),
         (["apply", "m.toml", "--jobs", "x"], "Usage: modelsync apply", "must be a whole number"),
@@ -165,7 +169,7 @@ def test_json_error_lists_the_manifest_problems(tmp_path: Path, command: str) ->
         "key": "settings.extra",
         "line": 13,
         "message": "[settings]: unknown key 'extra' "
-        "(known keys: root, max_concurrent, connections, max_speed, mirrors)",
+        "(known keys: root, max_concurrent, connections, max_speed, mirrors, aria2)",
     }
     assert [tags, unknown] == [
         {
@@ -180,8 +184,9 @@ def test_json_error_lists_the_manifest_problems(tmp_path: Path, command: str) ->
             "key": "sha265",
             "line": 9,
             "message": "line 9: models[0] (vae): unknown key 'sha265'; did you mean 'sha256'? "
-            "(known keys: name, url, hf, file, revision, civitai, dir, filename, sha256, "
-            "xxh3_128, size, tags, mirrors)",
+            "(known keys: name, url, hf, file, revision, include, exclude, civitai, dir, "
+            "filename, sha256, xxh3_128, size, tags, mirrors, priority, connections, "
+            "optional)",
         },
     ]
     for problem in error["problems"]:

@@ -5,16 +5,14 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from modelsync.aria2 import Aria2Daemon, find_aria2c
+from modelsync.aria2 import Aria2Daemon
 from tests.clirun import modelsync
 from tests.conftest import serve, toml_value
 from tests.servers import FileServer
@@ -76,33 +74,6 @@ def test_per_download_options_reach_the_download(tmp_path: Path, fileserver: Fil
     assert gets and {r.headers.get("user-agent") for r in gets} == {"team-sync/1.0"}
     # min-split-size 16M (the user's, over modelsync's 8M): 20 MiB makes at most 2 parts
     assert len({r.range for r in gets}) <= 2
-
-
-@pytest.fixture
-def foreign_aria2(tmp_path: Path) -> Iterator[tuple[str, str]]:
-    """A user's own aria2c (ComfyUI-Manager's, say), with a known secret."""
-    secret = "foreign-secret-7d2e"
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen(
-        [
-            find_aria2c(),
-            "--enable-rpc",
-            f"--rpc-listen-port={port}",
-            f"--rpc-secret={secret}",
-            "--no-conf",
-            "--disable-ipv6",
-            f"--dir={tmp_path}",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        yield f"http://127.0.0.1:{port}/jsonrpc", secret
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 def test_attached_daemon_gets_options_per_download_and_keeps_its_globals(

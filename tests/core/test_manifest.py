@@ -38,7 +38,28 @@ BAD_CASES = [
         ["models[0]", "two sources", "url and hf"],
     ),
     ("no-source", '[[models]]\nname = "lonely"\ndir = "x"\n', ["models[0] (lonely)", "no source"]),
-    ("hf-without-file", '[[models]]\nhf = "org/repo"\n', ["models[0]", "file"]),
+    (
+        "include-on-a-file",
+        '[[models]]\nhf = "org/repo"\nfile = "a.bin"\ninclude = ["*.bin"]\n',
+        ["models[0] (a.bin)", "include and exclude are for repository entries"],
+    ),
+    (
+        "sha256-on-a-repo",
+        f'[[models]]\nhf = "org/repo"\nsha256 = "{SHA}"\n',
+        ["models[0]", "sha256 is for single files", "modelsync lock"],
+    ),
+    (
+        "sourceless-without-filename",
+        f'[[models]]\ndir = "x"\nsha256 = "{SHA}"\n',
+        ["models[0]", "needs filename"],
+    ),
+    (
+        "priority-out-of-range",
+        GOOD + "priority = 101\n",
+        ["priority must be a whole number from 0 to 100", "got 101"],
+    ),
+    ("optional-not-bool", GOOD + 'optional = "yes"\n', ["optional must be true or false"]),
+    ("connections-zero", GOOD + "connections = 0\n", ["connections must be", "got 0"]),
     (
         "short-hash",
         GOOD.replace(SHA, SHA[:-1]),
@@ -63,7 +84,8 @@ BAD_CASES = [
         GOOD + GOOD.replace('dir = "checkpoints"', 'dir = "vae"'),
         ["models[1]", "already used by models[0]"],
     ),
-    ("empty", "", ["no [[models]] entries"]),
+    # no [[models]] at all is valid (init's starter); a misspelt header is not
+    ("misspelt-models", GOOD.replace("[[models]]", "[[model]]"), ["'model'", "'models'"]),
     ("url-scheme", GOOD.replace("http://127.0.0.1:9", "ftp://h"), ["url must start with http"]),
     ("version", "version = 2\n" + HEADER + GOOD, ["version"]),
     (
