@@ -370,3 +370,11 @@ def test_problems_carry_entry_key_and_line(tmp_path: Path) -> None:
     assert "already used by models[0]" in duplicate.message
     syntax = _write(tmp_path / "syntax.toml", HEADER + "x = = 1\n")
     assert [(p.entry, p.key, p.line) for p in problems_of(syntax)] == [(None, None, 4)]
+
+
+@pytest.mark.parametrize(
+    "path", sorted((Path(__file__).parents[2] / "manifests").glob("*.toml")), ids=lambda p: p.name
+)
+def test_the_example_manifests_are_valid(path: Path) -> None:
+    manifest = load_manifest(path)
+    assert manifest.models, f"{path.name} has no entries"
