@@ -620,14 +620,17 @@ class RootChoice:
 
 
 def resolve_root(manifest: Manifest, cli_root: str | None, env: Mapping[str, str]) -> RootChoice:
-    """--root, then $MODELSYNC_ROOT, then settings.root (relative to the manifest), else cwd."""
+    """--root, then $MODELSYNC_ROOT, then settings.root (relative to the manifest), else cwd.
+
+    A ComfyUI install given as root means its models/ folder (see comfyui_models)."""
     chosen = root_override(cli_root, env)
     if chosen is not None:
         return chosen
     if manifest.settings.root:
         root = Path(manifest.settings.root).expanduser()
         origin = f"settings.root in {manifest.path.name}"
-        return RootChoice(_absolute(manifest.path.parent / root), origin, True)  # folds "../"
+        path = _absolute(manifest.path.parent / root)  # folds "../"
+        return comfyui_models(RootChoice(path, origin, True))
     origin = f"the current folder: {manifest.path.name} sets no settings.root"
     return RootChoice(Path.cwd(), origin, False)
 
@@ -635,11 +638,27 @@ def resolve_root(manifest: Manifest, cli_root: str | None, env: Mapping[str, str
 def root_override(cli_root: str | None, env: Mapping[str, str]) -> RootChoice | None:
     """The root `--root` or $MODELSYNC_ROOT names (never created), if either does."""
     if cli_root:
-        return RootChoice(_absolute(Path(cli_root).expanduser()), "--root", False)
+        return comfyui_models(RootChoice(_absolute(Path(cli_root).expanduser()), "--root", False))
     if env.get("MODELSYNC_ROOT"):
         path = _absolute(Path(env["MODELSYNC_ROOT"]).expanduser())
-        return RootChoice(path, "$MODELSYNC_ROOT", False)
+        return comfyui_models(RootChoice(path, "$MODELSYNC_ROOT", False))
     return None
+
+
+def is_comfyui_install(path: Path) -> bool:
+    """A ComfyUI checkout: its models/ folder beside main.py or the comfy/ package."""
+    return (path / "models").is_dir() and (
+        (path / "main.py").is_file() or (path / "comfy").is_dir()
+    )
+
+
+def comfyui_models(choice: RootChoice) -> RootChoice:
+    """A root that is a ComfyUI install means its models/ folder, where the manifest's
+    `dir`s (checkpoints, loras, ...) live; the origin says so."""
+    if not is_comfyui_install(choice.path):
+        return choice
+    origin = f"{choice.origin}; {choice.path.name}/ is a ComfyUI install: using its models/ folder"
+    return RootChoice(choice.path / "models", origin, choice.creatable)
 
 
 def _absolute(path: Path) -> Path:

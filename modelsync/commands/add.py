@@ -30,8 +30,8 @@ import tomlkit
 from pydantic import ValidationError
 from tomlkit.items import AoT
 
-from modelsync.atomic import write_text_atomic
-from modelsync.errors import ManifestError, ModelsyncError
+from modelsync.commands.editing import appended, ordered, write_checked
+from modelsync.errors import ModelsyncError
 from modelsync.lockfile import read_lock
 from modelsync.manifest import Entry, Manifest, Settings, load_manifest
 from modelsync.redact import redact_urls
@@ -41,21 +41,6 @@ from modelsync.units import human_size
 SOURCE_FORMS = (
     "a URL, hf://org/repo/path/in/repo[@revision], hf://org/repo[@revision] (a whole "
     "repository) or civitai:<version id>"
-)
-_KEY_ORDER = (
-    "name",
-    "url",
-    "hf",
-    "file",
-    "revision",
-    "include",
-    "exclude",
-    "civitai",
-    "dir",
-    "filename",
-    "size",
-    "sha256",
-    "xxh3_128",
 )
 
 
@@ -182,18 +167,10 @@ def run_add(
         entry, relpath, notes = _complete(values, existing, ctx)
     finally:
         ctx.close()
-    ordered = {k: values[k] for k in _KEY_ORDER if k in values}
-    new_text = _appended(text, ordered)
-
-    def check(candidate: Path) -> None:
-        try:
-            load_manifest(candidate)
-        except ManifestError as exc:
-            raise ManifestError(str(path), exc.problems) from None
-
-    write_text_atomic(path, new_text, check)
+    written = ordered(values)
+    write_checked(path, appended(text, written))
     unpinned = not entry.is_repo and not entry_pinned(entry)  # a repo's files: published
-    return AddResult(path, entry.display_name, relpath, ordered, unpinned, notes)
+    return AddResult(path, entry.display_name, relpath, written, unpinned, notes)
 
 
 def _complete(
@@ -398,13 +375,3 @@ def _path_of(manifest: Manifest, other: Entry, new: Entry, ctx: SourceContext) -
         return other.relpath(resolve(other, ctx).filename)
     except ModelsyncError:
         return None  # unreachable now: `plan` reports a clash once it resolves
-
-
-def _appended(text: str, values: dict[str, Any]) -> str:
-    """`text` unchanged (plus a final newline if it lacked one), then the new table."""
-    lines = ["[[models]]"]
-    lines += [f"{key} = {tomlkit.item(value).as_string()}" for key, value in values.items()]
-    entry = "\n".join(lines) + "\n"
-    if not text:
-        return entry
-    return text + ("" if text.endswith("\n") else "\n") + "\n" + entry
