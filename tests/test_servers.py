@@ -541,6 +541,17 @@ def test_civitai_model_version_json(civ: FakeCivitai) -> None:
     assert status == 404 and "error" in json.loads(body)
 
 
+def test_civitai_version_by_hash(civ: FakeCivitai) -> None:
+    notes = sha256(b"zip")
+    for digest in (sha256(LORA), sha256(LORA).upper(), notes):  # any file, either case
+        status, _, body = fetch(f"{civ.url}/api/v1/model-versions/by-hash/{digest}")
+        doc = json.loads(body)
+        assert (status, doc["id"]) == (200, 101)
+        assert digest.upper() in [f["hashes"]["SHA256"] for f in doc["files"]]
+    status, _, body = fetch(f"{civ.url}/api/v1/model-versions/by-hash/{sha256(b'unknown')}")
+    assert (status, json.loads(body)) == (404, {"error": "Model not found"})
+
+
 def test_civitai_download_redirects_to_signed_cdn(civ: FakeCivitai) -> None:
     status, headers, _ = fetch(civ.url + "/api/download/models/101")
     assert status == 307 and headers["location"].startswith(civ.cdn.url)

@@ -239,6 +239,57 @@ def latest_version(model_id: int, ctx: SourceContext) -> tuple[int, str | None]:
     return version, name if isinstance(name, str) else None
 
 
+def version_by_hash(sha256: str, ctx: SourceContext) -> CivitaiRef | None:
+    """The model version holding a file with this SHA256, or None when Civitai knows none:
+    `GET /api/v1/model-versions/by-hash/{sha256}` (404 for an unknown hash). The ref names
+    the file when it is not the version's primary one, which `civitai = <id>` alone would
+    download instead.
+
+    Raises SourceUnreachable when the server does not answer, SourceError for an answer
+    that is neither the version document nor a 404."""
+    import requests
+
+    digest = sha256.strip().lower()
+    api = f"{endpoint(ctx.env)}/api/v1/model-versions/by-hash/{digest}"
+    where = host_of(api)
+    try:
+        with ctx.session.get(
+            api,
+            headers={"Accept": "application/json", **dict(bearer(token(ctx.env)))},
+            timeout=ctx.timeout,
+        ) as response:
+            status = response.status_code
+            doc = _json(response) if status == 200 else None
+    except requests.RequestException as exc:
+        hint = "check the network connection and proxy settings" + (
+            f", and CIVITAI_ENDPOINT ({endpoint(ctx.env)})" if endpoint(ctx.env) != CIVITAI else ""
+        )
+        message = f"cannot reach {where} ({error_kind(exc)})"
+        raise SourceUnreachable(ctx.redact(message), ctx.redact(hint), host=where) from None
+    if status == 404:
+        return None
+    if status != 200:
+        raise SourceError(f"{where} answered {status} to a lookup by hash", "try again later")
+    version = doc.get("id") if isinstance(doc, dict) else None
+    files = doc.get("files") if isinstance(doc, dict) else None
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise SourceError(
+            f"{where} did not answer a lookup by hash with a model version document",
+            "check CIVITAI_ENDPOINT" if endpoint(ctx.env) != CIVITAI else "try again later",
+        )
+    matched = [
+        f
+        for f in (files if isinstance(files, list) else [])
+        if isinstance(f, dict)
+        and isinstance(f.get("hashes"), dict)
+        and str(f["hashes"].get("SHA256") or "").lower() == digest
+    ]
+    if not matched or matched[0].get("primary"):
+        return CivitaiRef(version)
+    name = matched[0].get("name")
+    return CivitaiRef(version, file=name if isinstance(name, str) and name else None)
+
+
 def _version(entry: Entry, ctx: SourceContext, ref: CivitaiRef) -> dict[str, Any]:
     import requests
 

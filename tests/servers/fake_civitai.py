@@ -7,6 +7,7 @@ API on `http://127.0.0.1:<port>`, CDN (a signed-URL FileServer) on `http://local
         civ.token = "civ_testtoken"    # accepted as `Authorization: Bearer` or `?token=`
         # GET {civ.url}/api/v1/model-versions/128713 -> JSON; downloadUrl -> 307 to the CDN
         # GET {civ.url}/api/v1/models/<model id> -> the model, versions newest (last added) first
+        # GET {civ.url}/api/v1/model-versions/by-hash/<sha256> -> the version holding that file
         # GET {civ.url}/api/v1/me -> the caller with a valid token, else 401
 
 Without a valid token, a version that `requires_auth` answers per `auth_failure`:
@@ -43,6 +44,7 @@ _FORMATS = {
     ".gguf": "GGUF",
 }
 _VERSION = re.compile(r"/api/v1/model-versions/(\d+)")
+_BY_HASH = re.compile(r"/api/v1/model-versions/by-hash/([^/]+)")
 _DOWNLOAD = re.compile(r"/api/download/models/(\d+)")
 _MODEL = re.compile(r"/api/v1/models/(\d+)")
 LOGIN_PAGE = (
@@ -166,6 +168,8 @@ class FakeCivitai(BaseServer):
                 self._json(h, rec, 404, {"error": f"No model version with id {m[1]}"})
             else:
                 self._json(h, rec, 200, self.version_json(version))
+        elif m := _BY_HASH.fullmatch(rec.path):
+            self._by_hash(h, rec, m[1].upper())
         elif m := _MODEL.fullmatch(rec.path):
             self._model(h, rec, int(m[1]))
         elif rec.path == "/api/v1/me":
@@ -180,6 +184,15 @@ class FakeCivitai(BaseServer):
     def _json(self, h: Handler, rec: RequestRecord, status: int, obj: Any) -> None:
         body = json.dumps(obj).encode()
         self.reply(h, rec, status, body, content_type="application/json; charset=utf-8")
+
+    def _by_hash(self, h: Handler, rec: RequestRecord, sha256: str) -> None:
+        """`GET /api/v1/model-versions/by-hash/{sha256}`: the version holding a file with that
+        SHA256 (any case), as `model-versions/{id}` answers; 404 as the real API otherwise."""
+        for version in self.versions.values():
+            if any(f.hashes()["SHA256"] == sha256 for f in version.files):
+                self._json(h, rec, 200, self.version_json(version))
+                return
+        self._json(h, rec, 404, {"error": "Model not found"})
 
     def _model(self, h: Handler, rec: RequestRecord, model_id: int) -> None:
         """`GET /api/v1/models/{id}`: the model with its versions, newest (last added) first."""
