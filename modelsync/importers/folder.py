@@ -34,7 +34,7 @@ from modelsync.errors import SourceError
 from modelsync.hashing import FileHashes, hash_files
 from modelsync.importers import Findings, Found, ImportInputError, ImportOptions
 from modelsync.layout import PARTIAL_SUFFIX
-from modelsync.manifest import Entry, Settings
+from modelsync.manifest import Entry, Settings, is_comfyui_install
 from modelsync.state import StateDB
 
 UNKNOWN = "source unknown: add url = … or a mirror (settings.mirrors)"
@@ -91,7 +91,7 @@ def read(path: Path, options: ImportOptions) -> Findings:
 def _models_folder(path: Path, findings: Findings) -> Path:
     if not path.is_dir():
         raise ImportInputError(f"{path}: not a folder", "give the models folder to import")
-    if _is_comfyui_install(path):
+    if is_comfyui_install(path):
         findings.warnings.append(f"{path} is a ComfyUI install: importing its models/ folder")
         path = path / "models"
     try:
@@ -102,13 +102,6 @@ def _models_folder(path: Path, findings: Findings) -> Path:
             f"{path}: cannot read the folder: {exc.strerror or exc}", "check its permissions"
         ) from None
     return path
-
-
-def _is_comfyui_install(path: Path) -> bool:
-    # As ComfyUI itself is laid out: models/ beside main.py or the comfy/ package.
-    return (path / "models").is_dir() and (
-        (path / "main.py").is_file() or (path / "comfy").is_dir()
-    )
 
 
 # -- walking -------------------------------------------------------------------------------
