@@ -28,16 +28,18 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def hf_cache(cache: Path, repo: str, files: dict[str, bytes], *, kind: str = "models") -> None:
+def hf_cache(
+    cache: Path, repo: str, files: dict[str, bytes], *, commit: str = COMMIT, kind: str = "models"
+) -> None:
     """The hub cache layout: blobs/<sha256>, snapshots/<commit>/<path> → the blob, refs/main."""
     base = cache / f"{kind}--{repo.replace('/', '--')}"
     (base / "refs").mkdir(parents=True, exist_ok=True)
-    (base / "refs" / "main").write_text(COMMIT)
+    (base / "refs" / "main").write_text(commit)
     for path, data in files.items():
         target = base / "blobs" / sha256(data)
         target.parent.mkdir(exist_ok=True)
         target.write_bytes(data)
-        link = base / "snapshots" / COMMIT / path
+        link = base / "snapshots" / commit / path
         link.parent.mkdir(parents=True, exist_ok=True)
         link.symlink_to(os.path.relpath(target, link.parent))
 
@@ -79,7 +81,9 @@ def by_target(findings: Findings) -> dict[str, dict[str, object]]:
     return {f.target: f.values for f in findings.found}
 
 
-def test_three_kinds_of_entry(models: Path, civitai: FakeCivitai, civitai_env: dict[str, str]):
+def test_three_kinds_of_entry(
+    models: Path, civitai: FakeCivitai, civitai_env: dict[str, str]
+) -> None:
     findings = read(models, ImportOptions(env=civitai_env))
 
     assert by_target(findings) == {
