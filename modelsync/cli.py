@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, NoReturn
 
@@ -319,6 +320,65 @@ def add(
     ui.print_added(result)
 
 
+class ImportKind(StrEnum):
+    workflow = "workflow"
+    png = "png"
+    comfyui_manager = "comfyui-manager"
+    folder = "folder"
+
+
+@app.command(
+    name="import",
+    epilog=_epilog("modelsync import ComfyUI/user/default/workflows/flux.json -o models.toml"),
+)
+def import_(
+    sources: Annotated[
+        list[Path],
+        typer.Argument(
+            metavar="SOURCE",
+            help="Workflow JSON, a PNG/WebP ComfyUI saved, a ComfyUI-Manager model list, "
+            "or a models folder.",
+        ),
+    ],
+    output: Annotated[
+        Path, typer.Option("-o", "--output", metavar="MANIFEST", help="Manifest to append to.")
+    ] = Path("models.toml"),
+    kind: Annotated[
+        ImportKind | None,
+        typer.Option("--from", metavar="KIND", help="workflow|png|comfyui-manager|folder."),
+    ] = None,
+    filters: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--filter", metavar="TEXT", help="Only references containing TEXT (repeatable)."
+        ),
+    ] = None,
+    offline: Annotated[
+        bool, typer.Option("--offline", help="No network lookups (Civitai by hash).")
+    ] = False,
+    strict: Annotated[
+        bool, typer.Option("--strict", help="Exit 1 when a reference could not be imported.")
+    ] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Append manifest entries for the models that workflows, catalogs or a folder hold."""
+    from modelsync.commands.import_ import run_import
+    from modelsync.importers import ImportOptions
+
+    options = ImportOptions(
+        filters=tuple(filters or ()),
+        offline=offline,
+        env=dict(os.environ),
+        progress=None if json_out else ui.hashing_progress(),
+    )
+    result = run_import(sources, output, kind.value if kind else None, options)
+    if json_out:
+        ui.print_import_json(result)
+    else:
+        ui.print_import(result)
+    raise typer.Exit(1 if strict and result.unresolved else 0)
+
+
 @app.command(epilog=_epilog("modelsync init models.toml"))
 def init(
     manifest: Annotated[
@@ -452,6 +512,7 @@ _REWORDED = (
     (re.compile(r"Input should be less than or equal to (\S+)"), r"must be \1 or less"),
     (re.compile(r"Input should be a valid integer.*"), "must be a whole number"),
     (re.compile(r"Input should be a valid number.*"), "must be a number"),
+    (re.compile(r"Value error, "), ""),  # an enum's own words follow
 )
 
 

@@ -28,13 +28,12 @@ from modelsync.results import EntryResult, Report, Status
 from modelsync.units import human_size
 
 if TYPE_CHECKING:
-    from modelsync.commands.add import AddResult
-    from modelsync.commands.lock import LockResult
-
-if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
+    from modelsync.commands.add import AddResult
     from modelsync.commands.doctor import Check
+    from modelsync.commands.import_ import ImportResult
+    from modelsync.commands.lock import LockResult
 
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -477,3 +476,77 @@ def print_added(result: AddResult) -> None:
             f"run `modelsync lock {escape(str(result.manifest))}` to download it once and "
             "pin its sha256 in the lock"
         )
+
+
+def hashing_progress(interval: float = 10.0) -> Callable[[int, int], None]:
+    """`import` of a folder: a line at most every `interval` seconds while it hashes."""
+    last = [time.monotonic()]
+
+    def report(done: int, total: int) -> None:
+        now = time.monotonic()
+        if now - last[0] >= interval or (done == total and now - last[0] >= 1):
+            last[0] = now
+            err_console.print(f"hashing: {human_size(done)} of {human_size(total)}")
+
+    return report
+
+
+def print_import(result: ImportResult) -> None:
+    """What was added, skipped, and could not be imported (with what to add)."""
+    rows: list[list[Segment]] = []
+    for f in result.added:
+        rows.append(
+            [("+", "green"), (f.target, ""), (_source_word(f.values), "dim"), (f.origin, "dim")]
+        )
+    for s in result.skipped:
+        rows.append([("=", "dim"), (s.found.target, ""), ("skipped", "dim"), (s.why, "dim")])
+    for u in result.unresolved:
+        where = f"{u.dir}/{u.name}" if u.dir else u.name
+        rows.append([("?", "yellow"), (where, ""), ("unresolved", "yellow"), (u.origin, "dim")])
+        rows.append([("", ""), ("", ""), ("", ""), (u.why, "yellow")])
+    write_lines(rows)
+    for warning in result.warnings:
+        err_console.print(f"[yellow]warning:[/] {escape(warning)}")
+    verb = "created" if result.created else "updated" if result.added else "unchanged"
+    err_console.print(
+        f"Import: {len(result.added)} added, {len(result.skipped)} skipped, "
+        f"{len(result.unresolved)} unresolved; {escape(str(result.manifest))} {verb}."
+    )
+    if result.added:
+        err_console.print(
+            f"next: `modelsync lock {escape(str(result.manifest))}` pins every file, "
+            f"`modelsync plan {escape(str(result.manifest))}` shows what apply would do"
+        )
+
+
+def _source_word(values: dict[str, Any]) -> str:
+    if "civitai" in values:
+        return f"civitai {values['civitai']}"
+    if "hf" in values:
+        return f"hf {values['hf']}" + ("" if "file" in values else " (repository)")
+    if "url" in values:
+        return "url"
+    return "pinned, no source"
+
+
+def print_import_json(result: ImportResult) -> None:
+    write_json(
+        {
+            "schema": 1,
+            "command": "import",
+            "manifest": str(result.manifest),
+            "created": result.created,
+            "added": [
+                {"path": f.target, "origin": f.origin, "entry": f.values} for f in result.added
+            ],
+            "skipped": [
+                {"path": s.found.target, "origin": s.found.origin, "why": s.why}
+                for s in result.skipped
+            ],
+            "unresolved": [
+                {"name": u.name, "dir": u.dir, "origin": u.origin, "why": u.why}
+                for u in result.unresolved
+            ],
+            "warnings": list(result.warnings),
+        }
+    )
