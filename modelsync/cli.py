@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import sys
+from collections.abc import Iterator
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 from typer.core import TyperGroup
@@ -16,6 +18,9 @@ from modelsync import ui
 from modelsync.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, ModelsyncError
 from modelsync.manifest import load_manifest, resolve_root, root_override
 from modelsync.workspace import Workspace
+
+if TYPE_CHECKING:
+    from modelsync.events import Events
 
 # "\b" keeps click from re-wrapping the lines of the paragraph that follows it.
 EXIT_CODES = """\b
@@ -55,6 +60,14 @@ OnlyOpt = Annotated[
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
+LogFileOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--log-file",
+        metavar="FILE",
+        help="Append a JSON line per step (resolve, plan, download, verify, place, prune).",
+    ),
+]
 CreateRootOpt = Annotated[
     bool,
     typer.Option(
@@ -85,6 +98,33 @@ def _top(
     """Keep a folder of model files exactly as a TOML manifest declares."""
 
 
+@contextlib.contextmanager
+def run_events(
+    ws: Workspace, log_file: Path | None, aria2_secret: str | None = None
+) -> Iterator[Events]:
+    """The run's event hub (--log-file); an error that ends the run is its last line."""
+    from modelsync.events import open_events
+
+    try:
+        events = open_events(ws, log_file, aria2_secret)
+    except OSError as exc:
+        raise ModelsyncError(
+            f"--log-file: cannot open {log_file}: {exc.strerror or exc}",
+            "give a file in a folder you can write to",
+            exit_code=EXIT_USAGE,
+        ) from None
+    try:
+        yield events
+    except ModelsyncError as exc:
+        events.emit("error", message=exc.headline, exit_code=exc.exit_code)
+        raise
+    except KeyboardInterrupt:
+        events.emit("interrupted")
+        raise
+    finally:
+        events.close()
+
+
 def open_workspace(
     manifest_path: Path,
     root: str | None,
@@ -113,12 +153,14 @@ def plan(
     check: Annotated[
         bool, typer.Option("--check", help="Exit 1 when anything is pending.")
     ] = False,
+    log_file: LogFileOpt = None,
 ) -> None:
     """Show what apply would do. Never downloads, never writes to the models folder."""
     from modelsync.commands.plan import run_plan
 
     ws = open_workspace(manifest, root, only, create_root=create_root, announce=not json_out)
-    report, the_plan = run_plan(ws)
+    with run_events(ws, log_file) as events:
+        report, the_plan = run_plan(ws, events)
     if json_out:
         ui.print_json(report)
     else:
@@ -136,12 +178,14 @@ def verify(
         bool, typer.Option("--strict", help="Always hash sha256, even where xxh3_128 is pinned.")
     ] = False,
     json_out: JsonOpt = False,
+    log_file: LogFileOpt = None,
 ) -> None:
     """Hash every present file and report missing or corrupt ones."""
     from modelsync.commands.verify import run_verify
 
     ws = open_workspace(manifest, root, only, announce=not json_out)
-    report = run_verify(ws, strict=strict)
+    with run_events(ws, log_file) as events:
+        report = run_verify(ws, strict=strict, events=events)
     if json_out:
         ui.print_json(report)
     else:
@@ -195,6 +239,15 @@ def apply(
     verbose: Annotated[
         bool, typer.Option("--verbose", "-v", help="Show aria2's own words for each failure.")
     ] = False,
+    log_file: LogFileOpt = None,
+    metrics_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--metrics-file",
+            metavar="FILE",
+            help="Keep Prometheus metrics here (node_exporter textfile), every 5 s.",
+        ),
+    ] = None,
 ) -> None:
     """Make the models folder match the manifest: download, repair, verify."""
     from modelsync.commands.apply import ApplyRequest, run_apply
@@ -209,6 +262,11 @@ def apply(
         speed = parse_rate(max_speed) if max_speed is not None else None
     except ValueError as exc:
         raise ModelsyncError(f"--max-speed: {exc}") from None
+    if metrics_file is not None and not metrics_file.absolute().parent.is_dir():
+        raise ModelsyncError(
+            f"--metrics-file: {metrics_file.absolute().parent} is not a folder",
+            "give a file in an existing folder, e.g. node_exporter's textfile directory",
+        )
     ws = open_workspace(manifest, root, only, create_root=create_root, announce=not json_out)
     if locked:
         ws.require_lock()
@@ -222,18 +280,21 @@ def apply(
         aria2_url=aria2_url,
         aria2_secret=aria2_secret,
         stall_timeout=stall_timeout,
+        metrics_file=metrics_file,
     )
     interactive = ui.err_console.is_terminal and not no_progress and not json_out
     reporter = ui.BarReporter() if interactive else ui.LineReporter()
     reporter.verbose = verbose
-    report = run_apply(
-        ws,
-        request,
-        reporter,
-        on_lock_wait=lambda: ui.err_console.print(
-            f"waiting for another apply on {ws.root} (up to {lock_timeout:.0f}s)"
-        ),
-    )
+    with run_events(ws, log_file, aria2_secret) as events:
+        report = run_apply(
+            ws,
+            request,
+            reporter,
+            on_lock_wait=lambda: ui.err_console.print(
+                f"waiting for another apply on {ws.root} (up to {lock_timeout:.0f}s)"
+            ),
+            events=events,
+        )
     if json_out:
         ui.print_json(report)
     ui.print_summary(report, verbose=verbose)
@@ -250,15 +311,20 @@ def lock(
         typer.Option("--upgrade", help="Resolve every entry again (floating revisions move)."),
     ] = False,
     no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bars.")] = False,
+    log_file: LogFileOpt = None,
 ) -> None:
     """Pin every entry in <manifest stem>.lock (downloads only files that no hash pins)."""
     from modelsync.commands.lock import run_lock
 
     ws = open_workspace(manifest, root, None, create_root=create_root)
     interactive = ui.err_console.is_terminal and not no_progress
-    result = run_lock(
-        ws, upgrade=upgrade, reporter=ui.BarReporter() if interactive else ui.LineReporter()
-    )
+    with run_events(ws, log_file) as events:
+        result = run_lock(
+            ws,
+            upgrade=upgrade,
+            reporter=ui.BarReporter() if interactive else ui.LineReporter(),
+            events=events,
+        )
     ui.print_lock(result)
     raise typer.Exit(result.exit_code)
 
@@ -426,6 +492,39 @@ def doctor(
     else:
         ui.print_checks(checks)
     raise typer.Exit(0 if all(c.ok for c in checks) else 1)
+
+
+@app.command(epilog=_epilog("modelsync status --root /srv/models"))
+def status(
+    manifest: Annotated[
+        Path | None,
+        typer.Argument(metavar="MANIFEST", help="Look at this manifest's root."),
+    ] = None,
+    root: RootOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Show the apply running on a root: files, bytes, rate, ETA, each active file.
+
+    Reads the status file that apply keeps in <root>/.modelsync/; writes nothing.
+    """
+    from modelsync.commands.status import run_status
+
+    env = dict(os.environ)
+    choice = (
+        resolve_root(load_manifest(manifest), root, env)
+        if manifest is not None
+        else root_override(root, env)
+    )
+    if choice is None:
+        raise typer.BadParameter(
+            "give the MANIFEST or --root DIR of the apply to look at", param_hint="'MANIFEST'"
+        )
+    result = run_status(choice)
+    if json_out:
+        ui.write_json(ui.status_json(result))
+    else:
+        ui.print_root(choice.path, choice.origin)
+        ui.print_status(result)
 
 
 @app.command(epilog=_epilog("modelsync version"))

@@ -21,6 +21,7 @@ from modelsync.aria2 import Aria2Daemon, Aria2RpcError, DownloadStatus
 from modelsync.aria2.words import describe
 from modelsync.download import MIB, Job, aria2_options, discard_stale_partial, tmp_complete
 from modelsync.errors import Aria2Unavailable, ModelsyncError
+from modelsync.events import Events
 from modelsync.hashing import FileHashes, PrefixHasher, git_blob_sha1, hash_file
 from modelsync.layout import Layout
 from modelsync.partials import partial_bytes
@@ -80,6 +81,7 @@ class Executor:
         options: ApplyOptions,
         reporter: Reporter | None = None,
         secrets: tuple[str, ...] = (),
+        events: Events | None = None,
     ) -> None:
         self.layout = layout
         self._connect = connect
@@ -89,6 +91,7 @@ class Executor:
         self.options = options
         self.reporter = reporter or NullReporter()
         self.secrets = secrets
+        self.events = events or Events(secrets)  # --log-file, metrics, status
         self.cancel = threading.Event()
         self.results: dict[str, EntryResult] = {}
         self.active: dict[str, Job] = {}  # gid → job
@@ -217,6 +220,16 @@ class Executor:
             return
         job.last_change = time.monotonic()
         self.active[job.gid] = job
+        d = job.desired
+        self.events.emit(
+            "download_start",
+            entry=d.name,
+            path=d.path,
+            url=remote.urls[0],
+            size=d.size,
+            resume_from=job.start_bytes,
+            attempt=job.attempts,
+        )
 
     def _fail_before_start(self, job: Job, error: str) -> None:
         if not job.tmp.exists() and not job.control.exists():
@@ -240,6 +253,13 @@ class Executor:
                 st.connections,
             )
             if st.status == "complete":
+                self.events.emit(
+                    "download_finish",
+                    entry=job.desired.name,
+                    bytes=job.transferred,
+                    size=st.completed_length,
+                    attempt=job.attempts,
+                )
                 self._forget_gid(job)
                 self._submit(job, self._verify_and_place)
             elif st.status in ("error", "removed"):
@@ -294,6 +314,7 @@ class Executor:
         self.reporter.warn(f"{job.desired.name}: {why}; retrying")
         job.cause = None  # the next failure brings its own
         self.waiting.append(job)
+        self.events.emit("download_retry", entry=job.desired.name, attempt=job.attempts, reason=why)
 
     # ---- hashing (in worker threads: no state.db, no reporter) -----------------
 
@@ -359,6 +380,7 @@ class Executor:
             # What the file holds, right or wrong: until a repair lands, plan says
             # `repair` for a wrong one instead of hashing it again.
             self.state.record(d.path, outcome.stat, outcome.hashes)
+            self._verified(job, outcome.hashes, wrong, in_place=True)
             if not wrong and outcome.git_sha1:  # the blob git names: from now on the
                 self.state.learn_blob(outcome.git_sha1, outcome.hashes)  # cache judges it
             if not wrong:
@@ -368,6 +390,8 @@ class Executor:
                 job.repairing = True
                 self._start_download(job)
         elif isinstance(outcome, Placed):
+            self._verified(job, outcome.hashes, [])
+            self.events.emit("place", entry=d.name, path=d.path, bytes=outcome.hashes.size)
             self.state.record(d.path, outcome.stat, outcome.hashes)
             # The bytes modelsync placed here last: whenever nothing pins the entry (now,
             # or once its pin is dropped again) the file is judged against them.
@@ -379,9 +403,13 @@ class Executor:
             repaired = job.repairing or job.action.kind is ActionKind.REPAIR
             self._finish(job, Status.REPAIRED if repaired else Status.DOWNLOADED)
         else:
+            self._verified(job, outcome.hashes, outcome.problems)
             expected = "; ".join(outcome.problems)
             if job.corrupt_retries == 0:
                 job.corrupt_retries += 1
+                self.events.emit(
+                    "download_retry", entry=d.name, attempt=job.attempts, reason="corrupt download"
+                )
                 job.rejected = outcome.hashes
                 self.reporter.warn(
                     f"{d.name}: downloaded file is corrupt ({expected}); retrying from scratch"
@@ -395,6 +423,21 @@ class Executor:
                     job,
                     f"downloaded file is corrupt twice: {expected}; the server sends wrong bytes",
                 )
+
+    def _verified(
+        self, job: Job, hashes: FileHashes, problems: list[str], *, in_place: bool = False
+    ) -> None:
+        d = job.desired
+        self.events.emit(
+            "verify",
+            entry=d.name,
+            path=d.path,
+            in_place=in_place,
+            ok=not problems,
+            bytes=hashes.size,
+            sha256=hashes.sha256 or None,
+            problems=problems or None,
+        )
 
     # ---- outcomes -----------------------------------------------------------
 
@@ -416,6 +459,14 @@ class Executor:
             job.transferred,
             redact(error, self.secrets),
             cause=redact(job.cause, self.secrets) if job.cause else None,
+        )
+        self.events.emit(
+            "download_fail",
+            entry=d.name,
+            action=result.action,
+            attempt=job.attempts,
+            bytes=result.bytes_downloaded,
+            reason=result.error,
         )
         self.results[d.name] = result
         self.reporter.file_finished(result)

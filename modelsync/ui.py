@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from modelsync.commands.doctor import Check
     from modelsync.commands.import_ import ImportResult
     from modelsync.commands.lock import LockResult
+    from modelsync.status import ApplyStatus
 
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -404,6 +405,80 @@ def print_checks_json(checks: Sequence[Check]) -> None:
         ],
     }
     write_json(doc)
+
+
+def status_json(st: ApplyStatus) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "schema": 1,
+        "command": "status",
+        "root": str(st.root),
+        "running": st.running,
+        "stale": st.stale,
+        "pid": st.pid,
+    }
+    if not st.running:
+        return doc
+    return doc | {
+        "manifest": st.manifest,
+        "started": st.started,
+        "updated": st.updated,
+        "files": {"done": st.files_done, "total": st.files_total},
+        "bytes": {"done": st.bytes_done, "total": st.bytes_total},
+        "rate": st.rate,
+        "eta_seconds": None if st.eta is None else round(st.eta),
+        "active": [
+            {
+                "name": a.name,
+                "path": a.path,
+                "done": a.done,
+                "total": a.total,
+                "rate": a.rate,
+                "eta_seconds": None if a.eta is None else round(a.eta),
+            }
+            for a in st.active
+        ],
+    }
+
+
+def print_status(st: ApplyStatus) -> None:
+    """`status`: the running apply's totals, then one line per active file."""
+    if st.stale:
+        err_console.print(
+            f"no apply running (the last one, pid {st.pid}, stopped without finishing)"
+        )
+        return
+    if not st.running:
+        err_console.print("no apply running")
+        return
+    share = f" ({100 * st.bytes_done // st.bytes_total}%)" if st.bytes_total else ""
+    err_console.print(
+        f"apply running (pid {st.pid}, started {st.started}): "
+        f"{st.files_done}/{st.files_total} files, "
+        f"{human_size(st.bytes_done)} of {human_size(st.bytes_total)}{share}, "
+        f"{human_size(st.rate)}/s, ETA {_duration(st.eta)}"
+    )
+    rows: list[list[Segment]] = [
+        [
+            ("", ""),
+            (a.path, ""),
+            (f"{human_size(a.done)} of {human_size(a.total)}", ""),
+            (f"{human_size(a.rate)}/s", ""),
+            (f"ETA {_duration(a.eta)}", "dim"),
+        ]
+        for a in st.active
+    ]
+    write_lines(rows)
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "unknown"
+    s = round(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
 def print_summary(report: Report, verbose: bool = False) -> None:

@@ -7,6 +7,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import filelock
@@ -16,11 +17,14 @@ if TYPE_CHECKING:
 
 from modelsync.commands.common import failed_targets, unpinned_warnings
 from modelsync.errors import EXIT_USAGE, ModelsyncError
+from modelsync.events import Events, Observed, run_secrets
+from modelsync.metrics import MetricsFile
 from modelsync.orphan import wait_for_orphan_daemon
 from modelsync.progress import NullReporter, Reporter
 from modelsync.reconcile import ActionKind, Plan
 from modelsync.results import EntryResult, Report, Status, free_bytes
 from modelsync.state import StateDB
+from modelsync.status import StatusFile
 from modelsync.units import human_size
 from modelsync.workspace import Target, Workspace
 
@@ -36,6 +40,7 @@ class ApplyRequest:
     aria2_url: str | None = None
     aria2_secret: str | None = None
     stall_timeout: float = 60.0
+    metrics_file: Path | None = None  # --metrics-file: Prometheus text, every 5 s and at the end
 
 
 @contextlib.contextmanager
@@ -82,9 +87,7 @@ def check_space(ws: Workspace, plan: Plan) -> None:
 
 def _secrets(ws: Workspace, request: ApplyRequest) -> tuple[str, ...]:
     """Values to redact: the sources' tokens (stored ones too) and aria2 RPC secrets."""
-    names = ("MODELSYNC_ARIA2_SECRET", "COMFYUI_MANAGER_ARIA2_SECRET")
-    values = [ws.env.get(n, "") for n in names] + [request.aria2_secret or ""]
-    return (*ws.sources.secrets, *(v for v in values if v), *ws.manifest.settings.aria2.secrets)
+    return run_secrets(ws, request.aria2_secret)
 
 
 def open_daemon(
@@ -140,13 +143,43 @@ def run_apply(
     request: ApplyRequest,
     reporter: Reporter | None = None,
     on_lock_wait: Callable[[], None] = lambda: None,
+    events: Events | None = None,
 ) -> Report:
-    reporter = reporter or NullReporter()
+    """`events` (--log-file) hears every step; the status file and --metrics-file show
+    the run while it lasts, and are finished whatever way it ends."""
+    events = events or Events(_secrets(ws, request))
+    report: Report | None = None
+    try:
+        report = _run_apply(
+            ws, request, Observed(reporter or NullReporter(), events), on_lock_wait, events
+        )
+        events.run_finished(report)
+        return report
+    finally:
+        events.stop_watching(succeeded=report is not None and not report.failed)
+
+
+def _run_apply(
+    ws: Workspace,
+    request: ApplyRequest,
+    reporter: Reporter,
+    on_lock_wait: Callable[[], None],
+    events: Events,
+) -> Report:
     started = time.monotonic()
-    with root_lock(ws, request.lock_timeout, on_lock_wait):
+    events.run_started("apply", ws.root, ws.manifest.path)
+    # The status file lives inside the lock: the next apply's is never ours to remove.
+    with (
+        root_lock(ws, request.lock_timeout, on_lock_wait),
+        events.showing(StatusFile(ws.layout, ws.manifest.path)),
+    ):
+        if request.metrics_file is not None:
+            events.watch(MetricsFile(request.metrics_file))
         targets = ws.targets()
+        events.resolved(targets, ws.env)
         with StateDB.open(ws.root, create=True) as state:
             plan = ws.plan(targets, state)
+            events.planned(plan)
             check_space(ws, plan)
             for warning in unpinned_warnings(targets):
                 reporter.warn(warning)
@@ -154,7 +187,7 @@ def run_apply(
             if plan.in_sync:
                 results += _all_ok(plan)
             else:
-                results += _execute(ws, request, plan, targets, state, reporter)
+                results += _execute(ws, request, plan, targets, state, reporter, events)
         order = {t.name: i for i, t in enumerate(targets)}
         results.sort(key=lambda r: order[r.name])
         pruned: tuple[str, ...] = ()
@@ -162,6 +195,8 @@ def run_apply(
         failed = any(r.status is Status.FAILED and r.name not in optional for r in results)
         if request.prune and not failed:
             pruned = _prune(ws, plan, request.confirm_prune)
+            for path in pruned:
+                events.emit("prune", path=path)
     downloaded = sum(r.bytes_downloaded for r in results)
     return Report(
         command="apply",
@@ -184,6 +219,7 @@ def _execute(
     targets: list[Target],
     state: StateDB,
     reporter: Reporter,
+    events: Events,
 ) -> list[EntryResult]:
     # Imported here: aria2p and the executor cost a no-op apply a quarter second.
     from modelsync.executor import ApplyOptions, Executor
@@ -204,6 +240,7 @@ def _execute(
         ),
         reporter=reporter,
         secrets=_secrets(ws, request),
+        events=events,
     )
     if any(a.kind is not ActionKind.VERIFY for a in plan.pending):
         executor.daemon  # noqa: B018 - fail (exit 2) before any work if aria2 is unusable

@@ -31,6 +31,7 @@ from typing import Any
 from modelsync import repos
 from modelsync.commands.apply import ApplyRequest, run_apply
 from modelsync.errors import EXIT_FAILED, EXIT_OK, ModelsyncError
+from modelsync.events import Events
 from modelsync.lockfile import Lock, LockedEntry, fingerprint, plain_url, write_lock
 from modelsync.manifest import Entry
 from modelsync.progress import NullReporter, Reporter
@@ -81,8 +82,11 @@ def run_lock(
     upgrade: bool = False,
     request: ApplyRequest | None = None,
     reporter: Reporter | None = None,
+    events: Events | None = None,
 ) -> LockResult:
     """Lock every entry of ws.manifest (not only ws.entries: the lock covers the manifest)."""
+    events = events or Events()
+    events.run_started("lock", ws.root, ws.manifest.path)
     old = ws.lock if ws.lock is not None else Lock()
     new: dict[str, LockedEntry] = {}
     errors: dict[str, str] = {}
@@ -95,6 +99,7 @@ def run_lock(
             current = old.current(entry)
             if current is not None and not upgrade:
                 new[name] = current  # byte for byte: what this disk learned is no change
+                events.emit("resolve", entry=name, from_lock=True, ok=True)
                 continue
             if entry.is_repo:
                 try:
@@ -114,14 +119,19 @@ def run_lock(
                     new[name] = previous
                 continue
             desired = desired_for(entry, remote)
+            events.emit("resolve", entry=name, url=remote.urls[0] if remote.urls else None, ok=True)
             if not desired.pinned:
                 unpinned.append(_Resolved(entry, desired, remote))
                 continue
             locked = _locked(entry, desired, remote, ws.sources.secrets)
             new[name] = _with_local_hashes(ws, _keep_known_xxh3(locked, previous), rows)
+    for name, error in errors.items():
+        events.emit("resolve", entry=name, ok=False, error=error)
     fetched = None
     if unpinned:
-        fetched = _fetch(ws, unpinned, request or ApplyRequest(), reporter or NullReporter())
+        fetched = _fetch(
+            ws, unpinned, request or ApplyRequest(), reporter or NullReporter(), events
+        )
         with StateDB.open(ws.root, create=False) as state:
             rows = state.get_many()
         outcome = {e.name: e for e in fetched.entries}
@@ -145,6 +155,7 @@ def run_lock(
     if new or ws.lock is not None:
         written = write_lock(path, lock, ws.manifest.path.name)
     changes = _changes(old, lock)
+    events.emit("lock", path=str(path), written=written, changes=len(changes), failed=len(errors))
     order = {e.display_name: i for i, e in enumerate(ws.manifest.models)}
     return LockResult(
         path=path,
@@ -281,14 +292,20 @@ class _LockingReporter:
 
 
 def _fetch(
-    ws: Workspace, items: list[_Resolved], request: ApplyRequest, reporter: Reporter
+    ws: Workspace,
+    items: list[_Resolved],
+    request: ApplyRequest,
+    reporter: Reporter,
+    events: Events,
 ) -> Report:
     """Download the entries no hash pins, with apply itself, into ws.root."""
     names = {i.entry.display_name for i in items}
     fetch = copy.copy(ws)  # shares ws.sources: the same resolutions (HF commits) as locked
     fetch.entries = [e for e in ws.manifest.models if e.display_name in names]
     fetch.lock = None  # these entries are not locked yet
-    return run_apply(fetch, replace(request, prune=False), _LockingReporter(reporter))
+    return run_apply(
+        fetch, replace(request, prune=False), _LockingReporter(reporter), events=events
+    )
 
 
 def _files_changed(a: dict[str, Any], b: dict[str, Any]) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 from modelsync.commands.common import UNPINNED_HINT, failed_targets, unpinned_warnings
+from modelsync.events import Events
 from modelsync.orphan import wait_for_orphan_daemon
 from modelsync.reconcile import ActionKind, Plan
 from modelsync.results import EntryResult, Report, Status, free_bytes
@@ -37,11 +38,17 @@ def plan_report(ws: Workspace, targets: list[Target], plan: Plan, started: float
     )
 
 
-def run_plan(ws: Workspace) -> tuple[Report, Plan]:
+def run_plan(ws: Workspace, events: Events | None = None) -> tuple[Report, Plan]:
     """Never writes under root: the stat cache is only read when it exists."""
+    events = events or Events()
     started = time.monotonic()
+    events.run_started("plan", ws.root, ws.manifest.path)
     targets = ws.targets()
+    events.resolved(targets, ws.env)
     wait_for_orphan_daemon(ws.layout, stop=False)  # its control files are not saved yet
     with StateDB.open(ws.root, create=False) as state:
         plan = ws.plan(targets, state)
-    return plan_report(ws, targets, plan, started), plan
+    events.planned(plan)
+    report = plan_report(ws, targets, plan, started)
+    events.run_finished(report)
+    return report, plan

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from modelsync.commands.common import UNPINNED_HINT, failed_targets, unpinned_warnings
+from modelsync.events import Events
 from modelsync.hashing import FileHashes, git_blob_sha1, hash_files
 from modelsync.reconcile import LEARNED_CHANGED, Learned, hash_mismatches, judged
 from modelsync.remote import Desired
@@ -65,15 +66,18 @@ def _git_check(state: StateDB, d: Desired, path: Path, hashes: FileHashes) -> li
     return []
 
 
-def run_verify(ws: Workspace, *, strict: bool = False) -> Report:
+def run_verify(ws: Workspace, *, strict: bool = False, events: Events | None = None) -> Report:
     """Hash every present file (cache not trusted), refresh the cache with what it finds.
 
     An entry pinned by both sha256 and xxh3_128 (as the lock pins a verified file) is
     re-verified with xxh3_128 alone unless `strict`: several times faster, and the pair
     was bound together when the file was first checked against its sha256.
     """
+    events = events or Events()
     started = time.monotonic()
+    events.run_started("verify", ws.root, ws.manifest.path)
     targets = ws.targets()
+    events.resolved(targets, ws.env)
     entries = failed_targets(targets, "verify")
     to_hash: dict[Path, tuple[Target, os.stat_result]] = {}
     results: dict[str, EntryResult] = {}
@@ -137,7 +141,17 @@ def run_verify(ws: Workspace, *, strict: bool = False) -> Report:
                     t.name, d.path, "verify", Status.UNPINNED, st.st_size, detail=UNPINNED_HINT
                 )
     entries += [results[t.name] for t in targets if t.name in results]
-    return Report(
+    for e in entries:
+        events.emit(
+            "verify",
+            entry=e.name,
+            path=e.path,
+            ok=e.status in (Status.OK, Status.UNPINNED),
+            status=e.status.value,
+            bytes=e.size,
+            error=e.error,
+        )
+    report = Report(
         optional=frozenset(t.name for t in targets if t.entry.optional),
         command="verify",
         root=ws.root,
@@ -146,3 +160,5 @@ def run_verify(ws: Workspace, *, strict: bool = False) -> Report:
         elapsed=time.monotonic() - started,
         free_bytes=free_bytes(ws.root),
     )
+    events.run_finished(report)
+    return report
