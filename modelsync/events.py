@@ -201,6 +201,8 @@ class Events:
         elif event == "download_retry":
             live.retries += 1
         elif event == "download_finish":
+            if entry in live.active:
+                live.active[entry].rate = 0  # hashing now
             began = self._download_began.pop(entry, None)
             if began is not None:
                 seconds = max(time.monotonic() - began, 1e-3)

@@ -35,6 +35,7 @@ class StatusFile:
         self.root = layout.root
         self.manifest = manifest
         self.pid = os.getpid()
+        self.pid_started = process_start(self.pid)
 
     def write(self, live: Live, final: bool) -> None:
         if final:
@@ -46,6 +47,7 @@ class StatusFile:
         return {
             "schema": SCHEMA,
             "pid": self.pid,
+            "pid_started": self.pid_started,
             "command": live.command,
             "root": str(self.root),
             "manifest": str(self.manifest),
@@ -115,7 +117,7 @@ def read_status(root: Path) -> ApplyStatus:
         return ApplyStatus(root, running=False)
     if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
         return ApplyStatus(root, running=False)
-    if not _is_modelsync(pid):
+    if not _is_modelsync(pid) or process_start(pid) != doc.get("pid_started"):
         return ApplyStatus(root, running=False, pid=pid, stale=True, started=doc.get("started"))
     try:
         active = tuple(
@@ -138,6 +140,17 @@ def read_status(root: Path) -> ApplyStatus:
         )
     except (KeyError, TypeError, ValueError):  # written by another version: running, no numbers
         return ApplyStatus(root, running=True, pid=pid, started=doc.get("started"))
+
+
+def process_start(pid: int) -> int | None:
+    """When `pid` started (clock ticks since boot, Linux): the same pid with another start
+    is another process. None without /proc."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()  # the name may hold spaces
+        return int(fields[19])  # field 22 of stat(5), counted after the name
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def _is_modelsync(pid: int) -> bool:

@@ -402,3 +402,31 @@ def test_status_of_a_root_without_apply(tmp_path: Path) -> None:
         "pid": None,
     }
     assert not (tmp_path / ".modelsync").exists()  # status writes nothing
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["sleep", "60"],  # another program
+        # a modelsync-looking command line: the pid's start time tells it apart
+        [sys.executable, "-c", "import time; time.sleep(60)", "modelsync", "apply"],
+    ],
+    ids=["other-program", "other-start-time"],
+)
+def test_status_file_of_a_pid_now_used_by_another_process_is_stale(
+    tmp_path: Path, command: list[str]
+) -> None:
+    """A killed apply's pid, reused since: not an apply running."""
+    with subprocess.Popen(command) as other:
+        try:
+            own = tmp_path / ".modelsync"
+            own.mkdir()
+            doc = {"schema": 1, "pid": other.pid, "pid_started": 1, "started": "2026-01-01"}
+            (own / "status.json").write_text(json.dumps(doc))
+            run = modelsync("status", "--root", tmp_path)
+            shown = json.loads(modelsync("status", "--root", tmp_path, "--json").stdout)
+        finally:
+            other.kill()
+    assert run.code == 0
+    assert f"the last one, pid {other.pid}, stopped without finishing" in run.stderr
+    assert (shown["running"], shown["stale"]) == (False, True)
