@@ -9,6 +9,9 @@ from pathlib import Path, PurePosixPath
 OWN_DIR = ".modelsync"
 STATE_DB = "state.db"
 PARTIAL_SUFFIX = ".aria2"  # aria2's control file beside a download in flight
+# What is left of a 255-byte name in tmp/ for the target's own name: the digest prefix
+# ("0123456789ab-") and the longest suffix beside it (".aria2") take the rest.
+_TMP_NAME_ROOM = 255 - 13 - len(PARTIAL_SUFFIX)
 
 
 @dataclass(frozen=True)
@@ -49,4 +52,7 @@ def tmp_name(relpath: str) -> str:
     URL (signed URLs change); a sidecar records what the partial is meant to become.
     """
     digest = hashlib.sha1(relpath.encode(), usedforsecurity=False).hexdigest()[:12]
-    return f"{digest}-{PurePosixPath(relpath).name}"
+    name = PurePosixPath(relpath).name
+    if len(name.encode()) > _TMP_NAME_ROOM:  # a 255-byte name + prefix + ".aria2" would not fit
+        name = name.encode()[:_TMP_NAME_ROOM].decode(errors="ignore")
+    return f"{digest}-{name}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
@@ -78,19 +79,66 @@ def _relative_path(what: str) -> Any:
             raise ValueError(f"{what} must not contain '..': {value!r}")
         if parts and parts[0] == ".modelsync":
             raise ValueError(f"{what} must not be inside .modelsync/, modelsync's own folder")
+        for part in parts:
+            if problem := name_problem(f"{what} part", part):
+                raise ValueError(problem)
         return "/".join(parts)
 
     return AfterValidator(check)
 
 
+#: The longest file or folder name that Linux, macOS and Windows file systems all take.
+NAME_MAX_BYTES = 255
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# Names Windows gives to devices, whatever the extension (aux.txt is AUX), and characters
+# it refuses: a manifest is shared, so a name that fails on a teammate's Windows machine
+# is refused everywhere.
+_WINDOWS_DEVICES = frozenset(
+    {"con", "prn", "aux", "nul"}
+    | {f"{port}{n}" for port in ("com", "lpt") for n in (*"123456789", "¹", "²", "³")}
+)
+_WINDOWS_FORBIDDEN = re.compile(r'[<>:"|?*]')
+
+
 def is_plain_file_name(value: str) -> bool:
-    """A name, not a path: what every target's last segment must be, wherever it came from."""
-    return bool(value) and value not in {".", ".."} and "/" not in value and "\\" not in value
+    """A name, not a path, that a file system can hold: what every target's last segment
+    must be, wherever it came from (the manifest, the Hub, Civitai's API)."""
+    return (
+        bool(value)
+        and value not in {".", ".."}
+        and "/" not in value
+        and "\\" not in value
+        and not _CONTROL.search(value)
+        and len(value.encode("utf-8", "surrogatepass")) <= NAME_MAX_BYTES
+    )
+
+
+def name_problem(what: str, name: str) -> str | None:
+    """Why `name` (one segment of a manifest's dir or file name) cannot be used on every
+    system, in words naming `what`; None when it can."""
+    size = len(name.encode("utf-8", "surrogatepass"))
+    if size > NAME_MAX_BYTES:
+        return (
+            f"{what} {name[:24]!r}… is {size} bytes long (UTF-8); file systems take "
+            f"at most {NAME_MAX_BYTES}: shorten it"
+        )
+    if _CONTROL.search(name):
+        return f"{what} must not contain control characters: {name!r}"
+    if _WINDOWS_FORBIDDEN.search(name) or name.endswith((".", " ")):
+        return (
+            f'{what} {name!r} cannot be created on Windows (no < > : " | ? *, and no '
+            "'.' or space at the end): rename it"
+        )
+    if name.split(".", 1)[0].rstrip(" ").lower() in _WINDOWS_DEVICES:
+        return f"{what} {name!r} is a device name on Windows (CON, NUL, AUX, COM1…): rename it"
+    return None
 
 
 def _file_name(value: str) -> str:
-    if not is_plain_file_name(value):
+    if "/" in value or "\\" in value or value in {"", ".", ".."}:
         raise ValueError(f"filename must be a plain file name without folders: {value!r}")
+    if problem := name_problem("filename", value):
+        raise ValueError(problem)
     return value
 
 
@@ -102,8 +150,14 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
 
 
+def _root_path(value: str) -> str:
+    if _CONTROL.search(value):  # a NUL byte would reach the OS calls
+        raise ValueError(f"root must not contain control characters: {value!r}")
+    return value
+
+
 class Settings(_Strict):
-    root: str | None = None
+    root: Annotated[str, AfterValidator(_root_path)] | None = None
     # strict: TOML has real integers; lax mode would take "4" or true for a number
     max_concurrent: int = Field(default=4, ge=1, le=64, strict=True)
     connections: int = Field(default=0, ge=0, le=16, strict=True)
@@ -174,6 +228,10 @@ class Entry(_Strict):
             if not _is_http(mirror):
                 raise ValueError(f"mirrors must be http(s) URLs: {mirror!r}")
         derived = self.default_filename
+        plain = derived and derived not in {".", ".."}
+        problem = name_problem("file name", derived) if plain and derived else None
+        if self.filename is None and problem:
+            raise ValueError(f"{problem}, or set filename (the default is the url's or file's)")
         if (
             self.filename is None
             and self.source not in ("civitai", "none")
@@ -552,7 +610,7 @@ def _cross_entry_problems(manifest: Manifest, text: str) -> list[Problem]:
     # plan says "nothing to do"; a misspelt [[model]] is still an unknown key.
     problems: list[Problem] = []
     names: dict[str, int] = {}
-    paths: dict[str, int] = {}
+    paths: dict[str, tuple[int, str]] = {}
     for i, entry in enumerate(manifest.models):
         label = f"models[{i}] ({entry.display_name})"
         if entry.display_name in names:
@@ -566,14 +624,21 @@ def _cross_entry_problems(manifest: Manifest, text: str) -> list[Problem]:
         rel = entry.relpath()
         if rel is None:
             continue
-        key = os.path.normcase(rel)
+        # One file on macOS and Windows (case-insensitive; macOS also folds Unicode
+        # forms: é as one code point or as e + accent), and manifests are shared.
+        key = unicodedata.normalize("NFC", rel).casefold()
         if key in paths:
-            message = (
-                f"{label}: path {rel!r} is also the target of models[{paths[key]}]; "
-                "change dir or filename"
-            )
+            first, first_rel = paths[key]
+            if first_rel == rel:
+                message = f"{label}: path {rel!r} is also the target of models[{first}]"
+            else:
+                message = (
+                    f"{label}: path {rel!r} differs from {first_rel!r} (models[{first}]) only "
+                    "in letter case or Unicode form: one file on macOS and Windows"
+                )
+            message += "; change dir or filename"
             problems.append(Problem(label, "dir", _key_line(text, i, "dir"), message))
-        paths.setdefault(key, i)
+        paths.setdefault(key, (i, rel))
     return problems
 
 

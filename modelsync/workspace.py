@@ -37,6 +37,7 @@ from modelsync.sources import (
     repository_url,
     resolve,
     source_of,
+    token_over_http,
 )
 from modelsync.state import StateDB
 
@@ -224,7 +225,23 @@ class Workspace:
                 resolved = dict(zip(remote_ones, pool.map(self._resolve, remote_ones), strict=True))
         for entry in pending:
             out[entry.display_name] = resolved.get(entry) or self._resolve(entry)
-        return _one_entry_per_path([t for e in self.entries for t in out[e.display_name]])
+        targets = [t for e in self.entries for t in out[e.display_name]]
+        return _one_entry_per_path(self._warn_token_over_http(targets))
+
+    def _warn_token_over_http(self, targets: list[Target]) -> list[Target]:
+        """Said once per source, on its first target: a token sent to an http endpoint."""
+        warned: set[str] = set()
+        out = []
+        for t in targets:
+            kind = source_of(t.entry, self.env)
+            warning = None
+            if kind in ("hf", "civitai") and kind not in warned:
+                warned.add(kind)
+                warning = token_over_http(kind, self.env)
+            if warning is not None:
+                t = replace(t, warning=f"{t.warning}; {warning}" if t.warning else warning)
+            out.append(t)
+        return out
 
     def _from_lock(self, entry: Entry, locked: LockedEntry) -> list[Target]:
         in_lock = f"the pin in {self.manifest.lock_path.name} {lock_table(entry.display_name)}"

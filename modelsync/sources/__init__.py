@@ -91,6 +91,43 @@ def source_of(entry: Entry, env: Mapping[str, str]) -> SourceName:
     return "url"
 
 
+def token_over_http(kind: SourceName, env: Mapping[str, str]) -> str | None:
+    """A warning when `kind`'s token would travel unencrypted: its endpoint ($HF_ENDPOINT,
+    $CIVITAI_ENDPOINT) is `http:` on another machine than this one; else None."""
+    from urllib.parse import urlsplit
+
+    from . import civitai, huggingface
+
+    if kind == "hf":
+        names, where = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"), huggingface.endpoint(env)
+        variable = "HF_ENDPOINT"
+    elif kind == "civitai":
+        names, where = ("CIVITAI_TOKEN", "CIVITAI_API_TOKEN"), civitai.endpoint(env)
+        variable = "CIVITAI_ENDPOINT"
+    else:
+        return None
+    token = next((n for n in names if env.get(n, "").strip()), None)
+    parts = urlsplit(where)
+    if token is None or parts.scheme.lower() != "http" or _is_loopback(parts.hostname or ""):
+        return None
+    return (
+        f"${variable} is {parts.scheme}://{parts.netloc.rpartition('@')[2]} (http, not https): "
+        f"the token in ${token} travels unencrypted; use an https endpoint"
+    )
+
+
+def _is_loopback(host: str) -> bool:
+    """This machine itself (localhost, 127.0.0.0/8, ::1): nothing crosses a network."""
+    import ipaddress
+
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _host(url: str) -> str:
     netloc = url.partition("://")[2].partition("/")[0].partition("?")[0].partition("#")[0]
     host = netloc.rpartition("@")[2]

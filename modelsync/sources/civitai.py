@@ -20,7 +20,7 @@ from modelsync.errors import SourceError, SourceUnreachable
 from modelsync.manifest import Entry
 from modelsync.redact import host_of
 from modelsync.remote import RemoteFile
-from modelsync.sources.http import bearer, error_kind, origin
+from modelsync.sources.http import bearer, checked_endpoint, error_kind, origin
 from modelsync.sources.url import mirror_urls
 
 if TYPE_CHECKING:
@@ -48,7 +48,9 @@ class CivitaiRef:
 
 
 def endpoint(env: Mapping[str, str]) -> str:
-    return (env.get("CIVITAI_ENDPOINT", "").strip() or CIVITAI).rstrip("/")
+    """$CIVITAI_ENDPOINT (checked: a malformed one is exit 2), else civitai.com."""
+    value = (env.get("CIVITAI_ENDPOINT", "").strip() or CIVITAI).rstrip("/")
+    return checked_endpoint("CIVITAI_ENDPOINT", value)
 
 
 def token_variable(env: Mapping[str, str]) -> str | None:

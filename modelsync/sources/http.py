@@ -22,6 +22,27 @@ def origin(url: str) -> Origin:
     return scheme, (parts.hostname or "").lower(), port or _DEFAULT_PORTS.get(scheme, 0)
 
 
+@lru_cache(maxsize=64)  # asked for every entry: the environment does not change in a run
+def checked_endpoint(variable: str, value: str) -> str:
+    """`value` of $`variable` (HF_ENDPOINT, CIVITAI_ENDPOINT) when it is an http(s) URL with a
+    host and a valid port; else exit 2 naming the variable (its credentials left out)."""
+    from modelsync.errors import ModelsyncError
+    from modelsync.redact import redact_urls
+
+    try:
+        parts = urlsplit(value)
+        valid = parts.scheme.lower() in _DEFAULT_PORTS and bool(parts.hostname)
+        parts.port  # noqa: B018 (raises ValueError for a port out of range or not a number)
+    except ValueError:
+        valid = False
+    if not valid:
+        raise ModelsyncError(
+            f"${variable} is not an http(s) URL: {redact_urls(value)!r}",
+            f"set ${variable} to a URL like https://host[:port], or unset it",
+        )
+    return value
+
+
 def same_origin(a: str, b: str) -> bool:
     return origin(a) == origin(b)
 

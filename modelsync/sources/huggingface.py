@@ -26,9 +26,9 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 from modelsync.errors import SourceError, SourceUnreachable
 from modelsync.manifest import Entry
-from modelsync.redact import host_of
+from modelsync.redact import host_of, redact_urls
 from modelsync.remote import RemoteFile, RepoFile, RepoListing
-from modelsync.sources.http import bearer, origin, same_origin
+from modelsync.sources.http import bearer, checked_endpoint, origin, same_origin
 from modelsync.sources.url import mirror_urls
 
 if TYPE_CHECKING:
@@ -74,7 +74,8 @@ class HubFile:
 
 
 def endpoint(env: Mapping[str, str]) -> str:
-    return (env.get("HF_ENDPOINT", "").strip() or HUB).rstrip("/")
+    """$HF_ENDPOINT (checked: a malformed one is exit 2), else huggingface.co."""
+    return checked_endpoint("HF_ENDPOINT", (env.get("HF_ENDPOINT", "").strip() or HUB).rstrip("/"))
 
 
 def is_hub_url(url: str, env: Mapping[str, str]) -> bool:
@@ -365,6 +366,6 @@ def _call_hub(
             f"{entry.display_name}: cannot reach {host_of(hub)} to resolve {ref.repo_path}: "
             f"{reason}",
             "check the network connection and proxy settings"
-            + (f", and HF_ENDPOINT ({hub})" if hub != HUB else ""),
+            + (f", and HF_ENDPOINT ({redact_urls(hub)})" if hub != HUB else ""),
             host=host_of(hub),
         ) from None
