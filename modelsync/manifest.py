@@ -32,6 +32,7 @@ from modelsync.tuning import NO_TUNING, Tuning, parse_tuning, tuning_problems
 
 _HEX = re.compile(r"^[0-9a-fA-F]*$")
 _RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?(?:/s)?\s*$", re.IGNORECASE)
+_MAX_RATE = 1 << 63  # aria2 keeps rates in 64-bit integers
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 
@@ -57,12 +58,17 @@ def parse_rate(value: str | int) -> int:
     if isinstance(value, int):
         if value < 0:
             raise ValueError("a rate cannot be negative")
+        if value >= _MAX_RATE:
+            raise ValueError(f"a rate must be less than 2^63 bytes per second; got {value}")
         return value
     match = _RATE.match(value)
     if not match:
         raise ValueError(f'expected a rate like "0", "500K", "50M" or "1G"; got {value!r}')
     number, unit = match.groups()
-    return int(float(number) * _UNITS[unit.lower()])
+    rate = float(number) * _UNITS[unit.lower()]
+    if not rate < _MAX_RATE:  # also inf, from hundreds of digits: never an OverflowError
+        raise ValueError(f"a rate must be less than 2^63 bytes per second; got {value!r}")
+    return int(rate)
 
 
 Rate = Annotated[int, BeforeValidator(parse_rate)]

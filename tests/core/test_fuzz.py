@@ -86,17 +86,26 @@ nasty_text = st.one_of(
             "1.5G",
             "-1",
             "\u202e",
+            "9" * 400 + "M",
         ]
     ),
 )
 scalars = st.one_of(
     nasty_text,
     st.integers(min_value=-(2**63), max_value=2**63 - 1),
+    st.integers(),  # TOML allows 64-bit integers; the parser reads any length
     st.floats(allow_nan=True, allow_infinity=True),
     st.booleans(),
     st.dates(),
     st.datetimes(),
     st.times(),
+)
+# Rates as written ("50M", "1.5G"), some with hundreds of digits.
+rates = st.builds(
+    lambda digits, n, unit: digits[0] * n + unit,
+    st.sampled_from("0123456789"),
+    st.sampled_from([1, 2, 3, 18, 19, 20, 300, 308, 309, 400]),  # around 2^63 and float's max
+    st.sampled_from(["", "K", "M", "G", "T", "MiB/s", ".5G"]),
 )
 keys = st.one_of(st.sampled_from(ENTRY_KEYS + SETTINGS_KEYS + LOCK_KEYS), st.text(max_size=12))
 values = st.recursive(
@@ -115,7 +124,11 @@ manifest_docs = st.fixed_dictionaries(
     {},
     optional={
         "version": st.one_of(st.just(1), scalars),
-        "settings": st.one_of(_table(SETTINGS_KEYS), scalars),
+        "settings": st.one_of(
+            _table(SETTINGS_KEYS),
+            scalars,
+            st.fixed_dictionaries({"max_speed": st.one_of(st.integers(), rates)}),
+        ),
         "models": st.one_of(st.lists(_table(ENTRY_KEYS), max_size=5), values),
         "path": values,
     },
@@ -251,8 +264,14 @@ def _read_lock_cleanly(path: Path) -> None:
         assert str(exc).strip()
 
 
+# [settings] alone, its values of every kind: rates and counts of any size.
+settings_docs = st.fixed_dictionaries(
+    {"settings": st.dictionaries(st.sampled_from(SETTINGS_KEYS), st.integers() | rates | scalars)}
+)
+
+
 @FUZZ
-@given(doc=st.one_of(manifest_docs, plausible_docs))
+@given(doc=st.one_of(manifest_docs, plausible_docs, settings_docs))
 def test_any_toml_document_loads_as_a_manifest_or_fails_cleanly(doc: dict[str, Any]) -> None:
     text = _dump(doc)
     if text is None:
@@ -521,3 +540,24 @@ def test_the_comfyui_manager_reader_takes_any_input_cleanly(content: str | bytes
 
     with tempfile.TemporaryDirectory() as folder:
         _read_cleanly(comfyui_manager.read, _write(Path(folder), "model-list.json", content))
+
+
+@FUZZ
+@given(rate=st.one_of(st.integers(), rates, nasty_text))
+def test_any_rate_is_read_or_refused_cleanly(rate: int | str) -> None:
+    """max_speed (and --max-speed, through the same parse_rate): hundreds of digits make a
+    float infinity, which must be refused in words, not raise OverflowError."""
+    text = _dump({"settings": {"max_speed": rate}})
+    assert text is not None
+    with tempfile.TemporaryDirectory() as folder:
+        manifest = _load_manifest_cleanly(_write(Path(folder), "models.toml", text))
+    if manifest is not None:
+        assert 0 <= manifest.settings.max_speed < 2**63
+
+
+def test_an_endless_max_speed_on_the_command_line_is_a_usage_error(tmp_path: Path) -> None:
+    manifest = _write(tmp_path, "models.toml", "version = 1\n")
+    run = modelsync("apply", manifest, "--root", tmp_path, "--max-speed", "9" * 400 + "M")
+    assert run.code == 2, run.stderr
+    assert "--max-speed" in run.stderr and "2^63" in run.stderr
+    assert "Traceback" not in run.stderr
