@@ -97,6 +97,8 @@ def _unsafe(path: str) -> str | None:
         return "which is not a relative POSIX path"
     if any(p in ("", ".", "..") for p in parts):
         return "a path with an empty, '.' or '..' part"
-    if parts[0] == ".modelsync" or not is_plain_file_name(parts[-1]):
+    # every part, not only the file's name: a folder named with a NUL byte or 256 bytes
+    # (a hostile lock, a broken server) must fail this file, not the run
+    if parts[0] == ".modelsync" or not all(is_plain_file_name(p) for p in parts):
         return "which modelsync will not write"
     return None

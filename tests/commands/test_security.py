@@ -410,3 +410,32 @@ def test_a_256_byte_name_is_an_exit_2_error_before_anything_happens(
     assert "256 bytes long" in run.stderr and "models[0]" in run.stderr
     assert "Traceback" not in run.stderr and fileserver.requests == []
     assert not (tmp_path / "models").exists()
+
+
+@pytest.mark.parametrize(
+    "bad", ["dir\x00x/a.bin", "d" * 256 + "/a.bin", "a\x00.bin", "f" * 256, "sub/\x07.bin"]
+)
+def test_a_hostile_repository_lock_fails_that_file_alone(
+    tmp_path: Path, hub: FakeHub, bad: str
+) -> None:
+    """A lock from someone else listing a repository file whose path no file system takes
+    (a NUL byte, a 256-byte folder): that file fails, the others are planned, nothing
+    crashes. ('..' and absolute paths: test_a_lock_cannot_point_outside_root.)"""
+    from modelsync.lockfile import Lock, dumps_lock, fingerprint
+    from modelsync.manifest import load_manifest
+
+    manifest = write_manifest(tmp_path / "models.toml", [{"hf": "org/repo", "name": "repo"}])
+    entry = load_manifest(manifest).models[0]
+    files = {
+        "ok.bin": {"size": 3, "sha256": "a" * 64},
+        bad: {"size": 3, "sha256": "b" * 64},
+    }
+    models = {"repo": {"fingerprint": fingerprint(entry), "commit": "c" * 40, "files": files}}
+    lock = Lock.model_validate({"models": models})
+    manifest.with_suffix(".lock").write_text(dumps_lock(lock, "models.toml"))
+    run = modelsync("plan", manifest, "--json", env={"HF_ENDPOINT": hub.url})
+    assert run.code == 1 and "Traceback" not in run.stderr, run.stderr
+    entries = {e["name"]: e for e in json.loads(run.stdout)["entries"]}
+    assert entries["repo/ok.bin"]["action"] == "download"
+    assert "which modelsync will not write" in entries[f"repo/{bad}"]["error"]
+    assert hub.requests == []  # the listing came from the lock
