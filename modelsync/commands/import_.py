@@ -86,10 +86,11 @@ def detect_kind(path: Path) -> Kind:
         models = data.get("models")
         if "nodes" in data or "definitions" in data:
             return "workflow"
-        if isinstance(models, list) and any(
-            isinstance(m, dict) and ("save_path" in m or "type" in m) for m in models
+        if isinstance(models, list) and (
+            not models
+            or any(isinstance(m, dict) and ("save_path" in m or "type" in m) for m in models)
         ):
-            return "comfyui-manager"
+            return "comfyui-manager"  # (a workflow has "nodes"; an empty list has nothing)
         if data and all(isinstance(v, dict) and "class_type" in v for v in data.values()):
             return "workflow"  # API format
     raise ImportInputError(

@@ -61,3 +61,12 @@ def test_an_invalid_manifest_is_exit_2_before_anything_is_read(tmp_path: Path) -
     assert run.code == 2
     assert "models[0]" in run.stderr and "url" in run.stderr
     assert manifest.read_text() == "[[models]]\nurl = 3\n"
+
+
+def test_an_empty_model_list_is_taken_as_one_and_adds_nothing(tmp_path: Path) -> None:
+    (tmp_path / "model-list.json").write_text('{"models": []}')
+    run = modelsync("import", "model-list.json", "--json", cwd=tmp_path)
+    assert run.code == 0, run.stderr
+    doc = json.loads(run.stdout)
+    assert (doc["added"], doc["created"]) == ([], False)
+    assert not (tmp_path / "models.toml").exists()
