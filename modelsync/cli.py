@@ -5,11 +5,12 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import signal
 import sys
 from collections.abc import Iterator
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from typer.core import TyperGroup
@@ -28,7 +29,8 @@ Exit codes:
   0    done; the folder matches the manifest
   1    some entries failed, are missing or corrupt (plan --check: changes pending)
   2    nothing was done: invalid manifest or arguments, lock held, no space, no aria2
-  130  interrupted (Ctrl-C); partial downloads are kept"""
+  130  interrupted (Ctrl-C); partial downloads are kept
+  143  stopped by SIGTERM (129: SIGHUP), as by Ctrl-C"""
 
 
 def _epilog(example: str, *, exit_codes: bool = False) -> str:
@@ -545,6 +547,16 @@ def main(argv: list[str] | None = None) -> None:
     """The one place that turns errors into exit codes (and, under --json, a JSON document)."""
     args = sys.argv[1:] if argv is None else argv
     _take_shell_as_given(args)
+    stopped_by: list[int] = []  # the signal that stopped us, if one did
+    previous = _stop_on_signals(stopped_by)
+    try:
+        _main(args, stopped_by)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _main(args: list[str], stopped_by: list[int]) -> None:
     try:
         # standalone_mode=False returns a typer.Exit's code instead of exiting, and
         # raises usage errors for us to render (typer turns Ctrl-C into code 130 itself).
@@ -556,14 +568,35 @@ def main(argv: list[str] | None = None) -> None:
     except typer.TyperException as exc:  # click's: unknown option, missing argument, ...
         _usage_error(exc, args)
     except (KeyboardInterrupt, typer.Abort):
-        _interrupted()
+        _interrupted(stopped_by)
     except OSError as exc:  # the disk said no where we did not expect it: no traceback
         where = f" ({exc.filename})" if exc.filename else ""
         message = f"{exc.strerror or exc}{where}"
         _fail(ModelsyncError(message, "check the path", exit_code=EXIT_FAILED), args)
     if code == EXIT_INTERRUPTED:
-        _interrupted()
+        _interrupted(stopped_by)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _stop_on_signals(stopped_by: list[int]) -> dict[int, Any]:
+    """SIGTERM (docker stop, systemd, kill) and SIGHUP (the terminal went away) stop a
+    run the way Ctrl-C does, through the same KeyboardInterrupt: every cleanup already
+    on that path runs (partials kept, aria2c stopped, lock released). Returns the
+    handlers it replaced."""
+
+    def stop(signum: int, _frame: object) -> None:
+        if stopped_by:  # already stopping: let the cleanup finish
+            return
+        stopped_by.append(signum)
+        raise KeyboardInterrupt
+
+    previous: dict[int, Any] = {}
+    for name in ("SIGTERM", "SIGHUP"):
+        signum = getattr(signal, name, None)  # no SIGHUP on Windows
+        if signum is not None:
+            with contextlib.suppress(ValueError):  # not the main thread: leave them be
+                previous[signum] = signal.signal(signum, stop)
+    return previous
 
 
 def _take_shell_as_given(args: list[str]) -> None:
@@ -635,6 +668,12 @@ def _command_of(args: list[str]) -> str | None:
     return first if first in names else None
 
 
-def _interrupted() -> None:
-    ui.err_console.print("interrupted; partial downloads are kept for the next run")
-    sys.exit(EXIT_INTERRUPTED)
+def _interrupted(stopped_by: list[int]) -> NoReturn:
+    if not stopped_by:
+        ui.err_console.print("interrupted; partial downloads are kept for the next run")
+        sys.exit(EXIT_INTERRUPTED)
+    signum = stopped_by[0]
+    with contextlib.suppress(OSError):  # after SIGHUP the terminal may be gone
+        name = signal.Signals(signum).name
+        ui.err_console.print(f"stopped by {name}; partial downloads are kept for the next run")
+    sys.exit(128 + signum)  # what a shell reports for a process a signal ended

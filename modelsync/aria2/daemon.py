@@ -292,6 +292,11 @@ class Aria2Daemon:
         url_host = f"[{self._host}]" if ":" in self._host else self._host
         return f"{self._scheme}://{url_host}:{self._port}/jsonrpc"
 
+    def exit_reason(self, wait: float = 0.0) -> str | None:
+        """How our aria2c ended (e.g. "killed by signal 9"); None while it runs, or for a
+        daemon we attached to (its process is not ours to watch)."""
+        return self._process.exit_reason(wait) if self._process is not None else None
+
     def log_tail(self) -> list[str]:
         """Last lines aria2c printed (spawned daemons only), URLs redacted."""
         return self._process.log.lines() if self._process is not None else []

@@ -113,6 +113,19 @@ class Aria2Process:
             f":\n{tail}" if tail else ""
         )
 
+    def exit_reason(self, wait: float = 0.0) -> str | None:
+        """How aria2c ended ("killed by signal 9", "exited with code 1"), waiting up to
+        `wait` seconds for a dying one to be reaped; None while it runs."""
+        try:
+            code = self.popen.wait(wait) if wait > 0 else self.popen.poll()
+        except subprocess.TimeoutExpired:
+            return None
+        if code is None:
+            return None
+        if code < 0:
+            return f"killed by signal {-code}"
+        return f"exited with code {code}"
+
     def terminate(self) -> None:
         """SIGTERM (aria2 writes its control files and exits), SIGKILL after TERM_TIMEOUT."""
         process = self.popen

@@ -237,16 +237,19 @@ def _execute(
             connections=connections if connections is not None else settings.connections,
             stall_timeout=request.stall_timeout,
             tuning=settings.aria2,
+            max_file_size=settings.max_file_size,
         ),
         reporter=reporter,
         secrets=_secrets(ws, request),
         events=events,
     )
-    if any(a.kind is not ActionKind.VERIFY for a in plan.pending):
-        executor.daemon  # noqa: B018 - fail (exit 2) before any work if aria2 is unusable
-    results = executor.run(plan)
-    ws.layout.daemon_pid.unlink(missing_ok=True)
-    return results
+    try:
+        if any(a.kind is not ActionKind.VERIFY for a in plan.pending):
+            executor.daemon  # noqa: B018 - fail (exit 2) before any work if aria2 is unusable
+        return executor.run(plan)
+    finally:  # a signal between the spawn and run() must not leave aria2c behind either
+        executor.close()
+        ws.layout.daemon_pid.unlink(missing_ok=True)
 
 
 def _all_ok(plan: Plan) -> list[EntryResult]:

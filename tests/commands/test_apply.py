@@ -357,24 +357,6 @@ def test_attach_to_a_running_daemon(
     assert fileserver.bytes_served("/att.bin") == len(f.data)
 
 
-def test_aria2c_killed_mid_download_loses_nothing(
-    tmp_path: Path, fileserver: FileServer, slow_file: Served
-) -> None:
-    manifest = write_manifest(tmp_path / "models.toml", [entry(slow_file)])
-    proc = start_apply(manifest, "--connections", "2")
-    wait_for_bytes(fileserver, proc, 2 * MIB)
-    pid_file = root_of(tmp_path) / ".modelsync" / "aria2.pid"
-    os.kill(int(pid_file.read_text()), signal.SIGKILL)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 1, err
-    assert "aria2 stopped during the download" in err and "run apply again" in err
-    assert not (root_of(tmp_path) / "checkpoints/slow.bin").exists()
-    fileserver.set_faults("/slow.bin", rate_limit=4 * MIB)
-    code, _doc, err = apply_json(manifest, "--connections", "4")
-    assert code == 0, err
-    assert (root_of(tmp_path) / "checkpoints/slow.bin").read_bytes() == slow_file.data
-
-
 def test_redirects_and_empty_files(tmp_path: Path, fileserver: FileServer) -> None:
     real = serve(fileserver, "/store/real.bin", 2 * MIB, seed=13)
     empty = serve(fileserver, "/empty.bin", 0)
