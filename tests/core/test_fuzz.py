@@ -12,6 +12,7 @@ import json
 import os
 import string
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from modelsync.layout import tmp_name
 from modelsync.lockfile import fingerprint, read_lock
 from modelsync.manifest import Manifest, check_paths_inside, load_manifest
 from tests.clirun import modelsync
+from tests.servers import FileServer
 
 FUZZ = settings(
     max_examples=150,
@@ -561,3 +563,106 @@ def test_an_endless_max_speed_on_the_command_line_is_a_usage_error(tmp_path: Pat
     assert run.code == 2, run.stderr
     assert "--max-speed" in run.stderr and "2^63" in run.stderr
     assert "Traceback" not in run.stderr
+
+
+# -- hostile servers: what a source's API answers ------------------------------------------
+
+
+civitai_files = st.fixed_dictionaries(
+    {
+        "name": st.just("a.safetensors") | json_scalars,
+        "sizeKB": st.sampled_from([1e400, -1e400, float("nan"), 0, 1.5, 2**70, "12"])
+        | json_scalars,
+    },
+    optional={
+        "hashes": st.dictionaries(st.sampled_from(["SHA256", "AutoV2"]), json_scalars)
+        | json_values,
+        "downloadUrl": json_scalars,
+        "primary": json_scalars,
+        "type": json_scalars,
+        "metadata": json_values,
+    },
+)
+version_docs = st.fixed_dictionaries(
+    {"files": st.lists(civitai_files, max_size=3) | json_values},
+    optional={"downloadUrl": json_scalars, "id": json_scalars, "modelId": json_scalars},
+)
+
+
+@pytest.fixture(scope="module")
+def api_server() -> Iterator[FileServer]:
+    with FileServer() as server:
+        yield server
+
+
+@FUZZ
+@given(doc=st.one_of(version_docs, json_values))
+def test_any_civitai_answer_resolves_or_fails_cleanly(api_server: FileServer, doc: Any) -> None:
+    """A Civitai API (or anything at $CIVITAI_ENDPOINT) answering any JSON — NaN and
+    1e400 included, which Python's json reads — gives a file or a SourceError."""
+    from modelsync.errors import SourceError
+    from modelsync.manifest import Entry, Settings
+    from modelsync.sources import SourceContext, resolve
+
+    body = json.dumps(doc).encode()  # Infinity and NaN as Python's json writes them
+    api_server.add_bytes("/api/v1/model-versions/7", body, "application/json")
+    ctx = SourceContext(Settings(), {"CIVITAI_ENDPOINT": api_server.url})
+    try:
+        remote = resolve(Entry(civitai=7), ctx)
+    except SourceError as exc:
+        assert str(exc).strip()
+    else:
+        assert remote.filename and remote.urls
+        assert remote.size is None or remote.size >= 0
+    finally:
+        ctx.close()
+
+
+hub_siblings = st.fixed_dictionaries(
+    {"rfilename": st.just("a.safetensors") | json_scalars},
+    optional={
+        "size": json_scalars,
+        "blobId": json_scalars,
+        "lfs": st.fixed_dictionaries(
+            {}, optional={"sha256": json_scalars, "size": json_scalars, "pointerSize": json_scalars}
+        )
+        | json_scalars,
+    },
+)
+repo_docs = st.fixed_dictionaries(
+    {"siblings": st.lists(hub_siblings, max_size=3) | json_values},
+    optional={
+        "sha": st.just("c" * 40) | json_scalars,
+        "id": st.just("org/r") | json_scalars,
+        "private": json_scalars,
+        "gated": json_scalars,
+        "lastModified": json_scalars,
+        "cardData": json_values,
+    },
+)
+
+
+@settings(FUZZ, max_examples=60)  # each example is a real request through huggingface_hub
+@given(doc=st.one_of(repo_docs, json_values))
+def test_any_hub_repository_listing_lists_or_fails_cleanly(
+    api_server: FileServer, doc: Any
+) -> None:
+    """The Hub's repository API (or anything at $HF_ENDPOINT) answering any JSON: the
+    files of a repository entry, or a SourceError."""
+    from modelsync.errors import SourceError
+    from modelsync.manifest import Entry, Settings
+    from modelsync.sources import SourceContext, list_repository
+
+    body = json.dumps(doc).encode()
+    api_server.add_bytes("/api/models/org/r/revision/main", body, "application/json")
+    ctx = SourceContext(Settings(), {"HF_ENDPOINT": api_server.url, "HF_TOKEN": ""})
+    try:
+        listing = list_repository(Entry(hf="org/r"), ctx)
+    except SourceError as exc:
+        assert str(exc).strip()
+    else:
+        assert listing.commit
+        for f in listing.files:
+            assert isinstance(f.path, str) and f.size >= 0
+    finally:
+        ctx.close()
