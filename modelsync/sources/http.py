@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from functools import lru_cache
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
@@ -13,13 +13,29 @@ Origin = tuple[str, str, int]
 @lru_cache(maxsize=16384)  # asked of every url entry, twice, on every run
 def origin(url: str) -> Origin:
     """(scheme, host, port) of a URL, the port made explicit: what a token is bound to."""
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
     try:
+        parts = urlsplit(url)
         port = parts.port
-    except ValueError:  # a malformed port: never equal to a real origin
-        port = -1
+    except ValueError:  # a malformed host or port: never equal to a real origin
+        return "", "", -1
+    scheme = parts.scheme.lower()
     return scheme, (parts.hostname or "").lower(), port or _DEFAULT_PORTS.get(scheme, 0)
+
+
+def redirect_target(url: str, location: str) -> str | None:
+    """Where a redirect from `url` to `location` leads, when that is an http(s) URL with a
+    host (and a valid port); None for anything else a server may send (a malformed host,
+    another scheme, spaces or control characters), which must go neither to aria2 nor on."""
+    try:
+        target = urljoin(url, location)
+    except ValueError:
+        return None
+    scheme, host, port = origin(target)
+    if scheme not in _DEFAULT_PORTS or not host or port <= 0:
+        return None
+    if any(ch.isspace() or ord(ch) < 0x20 or ord(ch) == 0x7F for ch in target):
+        return None
+    return target
 
 
 @lru_cache(maxsize=64)  # asked for every entry: the environment does not change in a run

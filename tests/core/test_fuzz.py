@@ -666,3 +666,41 @@ def test_any_hub_repository_listing_lists_or_fails_cleanly(
             assert isinstance(f.path, str) and f.size >= 0
     finally:
         ctx.close()
+
+
+locations = st.one_of(
+    nasty_text,
+    st.sampled_from(["http://[bad", "http://h:99999/x", "javascript:alert(1)", "ftp://h/f",
+                     "//evil.example/f", "http://a b/", "/login", "https://cdn.example/f?sig=1",
+                     "http://127.0.0.1:9/f", "http://[::1]:9/f", "\\\\evil\\f"]),
+    st.builds(lambda a, b: f"{a}://{b}", st.sampled_from(["http", "https", "HTTP", "file"]),
+              st.text(max_size=20)),
+).filter(lambda text: "\r" not in text and "\n" not in text)  # fmt: skip
+
+
+@FUZZ
+@given(location=locations)
+def test_any_redirect_from_civitai_is_followed_or_refused_cleanly(
+    api_server: FileServer, location: str
+) -> None:
+    """The download link's redirect (the signed CDN URL) may be anything a server sends:
+    aria2 gets an http(s) URL, or the entry fails with a SourceError."""
+    from modelsync.errors import SourceError
+    from modelsync.manifest import Entry, Settings
+    from modelsync.sources import SourceContext, locate
+    from modelsync.sources.http import origin
+
+    doc = {"files": [{"name": "a.bin", "primary": True, "downloadUrl": api_server.url + "/dl"}]}
+    api_server.add_bytes("/api/v1/model-versions/8", json.dumps(doc).encode(), "application/json")
+    api_server.set_faults("/dl", redirect=location)
+    ctx = SourceContext(Settings(), {"CIVITAI_ENDPOINT": api_server.url, "CIVITAI_TOKEN": "t1"})
+    try:
+        located = locate(Entry(civitai=8), ctx)
+    except SourceError as exc:
+        assert str(exc).strip()
+    else:
+        for url in located.urls:
+            assert origin(url)[0] in ("http", "https"), url
+        assert not located.headers or origin(located.urls[0]) == origin(api_server.url)
+    finally:
+        ctx.close()
