@@ -14,7 +14,7 @@ import string
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 import tomlkit
@@ -26,7 +26,8 @@ from modelsync.layout import tmp_name
 from modelsync.lockfile import fingerprint, read_lock
 from modelsync.manifest import Manifest, check_paths_inside, load_manifest
 from tests.clirun import modelsync
-from tests.servers import FileServer
+from tests.servers import FileServer, RequestRecord
+from tests.servers._core import BaseServer, Handler
 
 FUZZ = settings(
     max_examples=150,
@@ -702,5 +703,61 @@ def test_any_redirect_from_civitai_is_followed_or_refused_cleanly(
         for url in located.urls:
             assert origin(url)[0] in ("http", "https"), url
         assert not located.headers or origin(located.urls[0]) == origin(api_server.url)
+    finally:
+        ctx.close()
+
+
+class HeaderServer(BaseServer):
+    """Answers every request with `status` and `headers`, whatever they are: a Hub that is
+    not one (a wrong HF_ENDPOINT, a broken proxy)."""
+
+    status = 302
+    headers: ClassVar[dict[str, str]] = {}
+
+    def handle(self, h: Handler, rec: RequestRecord) -> None:
+        self.reply(h, rec, self.status, b"", headers=self.headers)
+
+
+header_values = st.one_of(nasty_text, st.integers().map(str), st.just(SHA), st.just(f'"{SHA}"'))
+hub_headers = st.fixed_dictionaries(
+    {},
+    optional={
+        "X-Repo-Commit": header_values | st.just("c" * 40),
+        "X-Linked-Etag": header_values,
+        "X-Linked-Size": header_values,
+        "ETag": header_values,
+        "Location": locations,
+        "Content-Length": header_values,
+    },
+).map(lambda d: {k: v for k, v in d.items() if "\r" not in v and "\n" not in v and v.isprintable()})
+
+
+@pytest.fixture(scope="module")
+def header_server() -> Iterator[HeaderServer]:
+    with HeaderServer() as server:
+        yield server
+
+
+@settings(FUZZ, max_examples=60)  # each example is a real request through huggingface_hub
+@given(status=st.sampled_from([200, 302, 307, 404, 500]), headers=hub_headers)
+def test_any_hub_answer_to_a_file_resolves_or_fails_cleanly(
+    header_server: HeaderServer, status: int, headers: dict[str, str]
+) -> None:
+    """`HEAD …/resolve/…` answered with any status and headers: a file (with an http(s)
+    URL for aria2) or a SourceError."""
+    from modelsync.errors import SourceError
+    from modelsync.manifest import Entry, Settings
+    from modelsync.sources import SourceContext, locate
+    from modelsync.sources.http import origin
+
+    header_server.status, header_server.headers = status, headers
+    ctx = SourceContext(Settings(), {"HF_ENDPOINT": header_server.url, "HF_TOKEN": ""})
+    try:
+        located = locate(Entry(hf="org/r", file="a.bin"), ctx)
+    except SourceError as exc:
+        assert str(exc).strip()
+    else:
+        assert all(origin(url)[0] in ("http", "https") for url in located.urls)
+        assert located.size is None or located.size >= 0
     finally:
         ctx.close()
