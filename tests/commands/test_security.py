@@ -439,3 +439,40 @@ def test_a_hostile_repository_lock_fails_that_file_alone(
     assert entries["repo/ok.bin"]["action"] == "download"
     assert "which modelsync will not write" in entries[f"repo/{bad}"]["error"]
     assert hub.requests == []  # the listing came from the lock
+
+
+def test_credentials_and_signatures_written_in_a_url_never_show(
+    tmp_path: Path, fileserver: FileServer
+) -> None:
+    """A manifest's own URL with a password and a signed query string: used for the
+    download (basic auth goes to that host), shown nowhere, locked without them — on
+    success and on failure, with --verbose."""
+    served = serve(fileserver, "/ok.bin", 5000, seed=14)
+    password, signature = "pw_SECURITYLEAK_31", f"{SIGNATURE_MARK}url_0c9a"
+    host = f"127.0.0.1:{fileserver.port}"
+    manifest = write_manifest(
+        tmp_path / "models.toml",
+        [
+            {"url": f"http://me:{password}@{host}/ok.bin?X-Amz-Signature={signature}",
+             "filename": "ok.bin", "sha256": served.sha256},
+            {"url": f"http://me:{password}@{host}/missing.bin?X-Amz-Signature={signature}",
+             "filename": "missing.bin"},
+        ],
+    )  # fmt: skip
+    runs = [
+        modelsync("apply", manifest, "--no-progress", "--verbose"),
+        modelsync("apply", manifest, "--json", "--verbose"),
+        modelsync("plan", manifest, "--json"),
+        modelsync("lock", manifest),
+    ]
+    assert [r.code for r in runs] == [1, 1, 0, 1], runs[0].stderr  # plan: nothing failed yet
+    assert "missing.bin" in runs[0].stderr and "404" in runs[0].stderr
+    assert (tmp_path / "models" / "ok.bin").read_bytes() == served.data
+    assert_nowhere(
+        [password, signature],
+        {
+            **{f"run {i}": (r.stdout + r.stderr).encode() for i, r in enumerate(runs)},
+            **{str(p): p.read_bytes() for p in files_under(tmp_path / "models")},
+            "the lock": manifest.with_suffix(".lock").read_bytes(),
+        },
+    )
