@@ -476,3 +476,42 @@ def test_credentials_and_signatures_written_in_a_url_never_show(
             "the lock": manifest.with_suffix(".lock").read_bytes(),
         },
     )
+
+
+def test_no_secret_when_the_root_vanishes_mid_run(tmp_path: Path, fileserver: FileServer) -> None:
+    """The models folder deleted while a download is held (a user's `rm -rf`, an unmounted
+    disk): apply fails in words, with --verbose, and no token or signature shows."""
+    import shutil
+
+    served = serve(fileserver, "/a.bin", MIB, seed=15)
+    fileserver.faults.stall_after = HOLD
+    signed = f"{served.url}?X-Amz-Signature={SIGNATURE_MARK}root_1d"
+    manifest = write_manifest(
+        tmp_path / "models.toml",
+        [{"url": signed, "dir": "m", "filename": "a.bin", "sha256": served.sha256}],
+    )
+    env = {**os.environ, "HF_TOKEN": HF_TOKEN, "CIVITAI_TOKEN": CIV_TOKEN}
+    command = [sys.executable, "-m", "modelsync", "apply", str(manifest), "--verbose"]
+    proc = subprocess.Popen(
+        [*command, "--no-progress"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        assert fileserver.wait_until(lambda: any(r.stalled for r in fileserver.requests), 60)
+        aria2_pid = int((tmp_path / "models" / ".modelsync" / "aria2.pid").read_text())
+        for _ in range(100):  # aria2 may write into tmp/ while it is being removed
+            shutil.rmtree(tmp_path / "models", ignore_errors=True)
+            if not (tmp_path / "models").exists():
+                break
+    finally:
+        fileserver.faults.stall_after = None
+        fileserver.release_stalls()
+        out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1, err.decode()
+    text = (out + err).decode()
+    # the entry fails, or the run stops at the first file it cannot write: both in words
+    assert ("failed" in text or "error:" in text) and "Traceback" not in text
+    assert_nowhere([HF_TOKEN, CIV_TOKEN, SIGNATURE_MARK], {"apply's output": out + err})
+    assert (
+        not Path(f"/proc/{aria2_pid}").exists()
+        or "zombie" in Path(f"/proc/{aria2_pid}/status").read_text()
+    )
