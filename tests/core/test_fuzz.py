@@ -1,8 +1,11 @@
-"""Hostile input, fuzzed: whatever a manifest or a lock holds, loading it gives a valid
-result or a clean exit-2 error (ModelsyncError), never another exception (a traceback).
+"""Hostile input, fuzzed (hypothesis): whatever a manifest or a lock holds, loading it gives
+a valid result or a clean exit-2 error (ModelsyncError), never another exception (a
+traceback); the same for the import readers (Findings or ImportInputError) and for what the
+Hub's and Civitai's servers answer (a file or a SourceError, aria2 only given http(s) URLs).
+Also the file-name rules (docs/SPEC.md §1, "File names").
 
 Examples are bounded (and the example database off) so the module runs in seconds; a
-failure prints the shrunk document that broke the loader.
+failure prints the shrunk input that broke the loader.
 """
 
 from __future__ import annotations
