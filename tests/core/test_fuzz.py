@@ -764,3 +764,20 @@ def test_any_hub_answer_to_a_file_resolves_or_fails_cleanly(
         assert located.size is None or located.size >= 0
     finally:
         ctx.close()
+
+
+@settings(FUZZ, max_examples=12)
+@given(content=import_inputs, suffix=st.sampled_from([".json", ".png", ".webp", ".txt"]))
+def test_import_on_fuzzed_input_exits_0_1_or_2_without_a_traceback(
+    content: str | bytes, suffix: str
+) -> None:
+    """The real CLI: what it appends to the manifest loads, or it says why it wrote nothing."""
+    with tempfile.TemporaryDirectory() as folder:
+        source = _write(Path(folder), "shared" + suffix, content)
+        manifest = Path(folder) / "models.toml"
+        run = modelsync("import", source, "-o", manifest, "--offline", "--json", env=OFFLINE)
+        assert run.code in (0, 1, 2), run.stderr
+        assert "Traceback" not in run.stderr, run.stderr
+        json.loads(run.stdout)
+        if manifest.exists():
+            load_manifest(manifest)
