@@ -106,14 +106,29 @@ def token_over_http(kind: SourceName, env: Mapping[str, str]) -> str | None:
         variable = "CIVITAI_ENDPOINT"
     else:
         return None
-    token = next((n for n in names if env.get(n, "").strip()), None)
     parts = urlsplit(where)
-    if token is None or parts.scheme.lower() != "http" or _is_loopback(parts.hostname or ""):
+    if parts.scheme.lower() != "http" or _is_loopback(parts.hostname or ""):
+        return None
+    held = next((f"${n}" for n in names if env.get(n, "").strip()), None)
+    if held is None and kind == "hf" and _stored_hf_token():
+        held = "huggingface_hub's token file (`hf auth login`)"
+    if held is None:
         return None
     return (
         f"${variable} is {parts.scheme}://{parts.netloc.rpartition('@')[2]} (http, not https): "
-        f"the token in ${token} travels unencrypted; use an https endpoint"
+        f"the token in {held} travels unencrypted; use an https endpoint"
     )
+
+
+def _stored_hf_token() -> bool:
+    """Whether huggingface_hub has a token stored (sent when no HF_TOKEN is set)."""
+    from huggingface_hub import get_token
+    from huggingface_hub.errors import OIDCError
+
+    try:
+        return bool(get_token())
+    except (OSError, OIDCError):
+        return False
 
 
 def _is_loopback(host: str) -> bool:

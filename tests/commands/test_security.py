@@ -227,6 +227,15 @@ def test_a_token_for_an_http_endpoint_on_another_machine_is_warned_about(
     # the same endpoint on 127.0.0.1 never leaves the machine: no warning
     run = modelsync("plan", manifest, "--json", env={**env, "HF_ENDPOINT": hub.url})
     assert json.loads(run.stdout)["warnings"] == []
+    # the token that `hf auth login` stored is sent as well, so it is warned about too
+    (tmp_path / "hf-home").mkdir()
+    (tmp_path / "hf-home" / "token").write_text(HF_TOKEN)
+    stored = {"HF_ENDPOINT": env["HF_ENDPOINT"], "HF_HOME": str(tmp_path / "hf-home")}
+    run = modelsync("plan", manifest, "--json", env=stored)
+    assert run.code == 0, run.stderr
+    [warning] = json.loads(run.stdout)["warnings"]
+    assert "token file" in warning and "unencrypted" in warning
+    assert HF_TOKEN not in run.stdout + run.stderr
 
 
 # -- tokens go to their own host only --------------------------------------------------------
