@@ -12,6 +12,10 @@ class RemoteFile:
 
     `urls` are ordered (primary first, then mirrors). `headers` are sent by aria2 with
     every request, so they must never hold a token for a host other than the URLs' own.
+    `mirrors` are the entry's mirror URLs (its own and settings.mirrors' templates),
+    whether `urls` holds them or not (a download that needs a token leaves them out):
+    the executor may fetch from them alone (mirror_first, never with `headers`) or
+    drop them after they served wrong bytes.
     """
 
     urls: tuple[str, ...]
@@ -22,6 +26,7 @@ class RemoteFile:
     headers: tuple[tuple[str, str], ...] = ()
     commit: str | None = None  # Hugging Face commit the file was resolved at
     size_is_exact: bool = True  # Civitai's sizeKB is approximate: space estimates only
+    mirrors: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
