@@ -7,6 +7,7 @@ import json
 import math
 import time
 from collections.abc import Mapping
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from modelsync.layout import PARTIAL_SUFFIX
 from modelsync.placement import remove
 from modelsync.reconcile import Action
 from modelsync.remote import Desired, RemoteFile
+from modelsync.upstream import Upstream
 
 MIB = 1 << 20
 MIN_SEGMENT = 8 * MIB  # aria2 splits files in segments of at least this much
@@ -49,6 +51,13 @@ class Job:
     repairing: bool = False  # a verify that failed turns into a repair
     prefix: PrefixHasher | None = None  # hashes the finished prefix during the download
     cause: str | None = None  # aria2's words for the last failure (apply --verbose)
+    # The version of the file upstream this download is of (ETag, Last-Modified,
+    # Content-Length from one HEAD, also kept in the sidecar for a resume); None: unknown.
+    validators: dict[str, str | int] | None = None
+    first_probe: Future[Upstream | None] | None = None  # that HEAD, once bytes flow
+    refused: str | None = None  # being removed from aria2; then it fails with this
+    changed_restarts: int = 0  # started over because the file changed upstream
+    short_bodies: int = 0  # started over after a body that ended before its length
 
     @property
     def desired(self) -> Desired:
@@ -80,22 +89,45 @@ def tmp_complete(job: Job) -> bool:
 
 
 def discard_stale_partial(job: Job) -> None:
-    """A partial meant for other bytes (the manifest changed) is started over."""
-    want = json.dumps(
-        {
-            "size": job.desired.size,
-            "sha256": job.desired.sha256,
-            "xxh3_128": job.desired.xxh3_128,
-        },
-        sort_keys=True,
-    )
+    """A partial meant for other bytes (the manifest changed) is started over; a kept
+    one brings back the validators of the version upstream it holds the start of."""
+    want: dict[str, object] = {
+        "size": job.desired.size,
+        "sha256": job.desired.sha256,
+        "xxh3_128": job.desired.xxh3_128,
+    }
     try:
-        stale = job.sidecar.read_text() != want
-    except FileNotFoundError:
-        stale = job.tmp.exists() or job.control.exists()
+        kept = json.loads(job.sidecar.read_text())
+        validators = kept.pop("upstream", None) if isinstance(kept, dict) else None
+        stale = kept != want
+    except (FileNotFoundError, ValueError):
+        validators, stale = None, job.tmp.exists() or job.control.exists()
     if stale:
         remove(job.tmp, job.control)
-    job.sidecar.write_text(want)
+    if stale or not (job.tmp.exists() or job.control.exists()):
+        validators = None  # nothing downloaded yet: the version is learned anew
+    job.validators = validators if isinstance(validators, dict) else None
+    write_sidecar(job)
+
+
+def write_sidecar(job: Job) -> None:
+    """What the partial is meant to become, and (once known) which version upstream."""
+    want: dict[str, object] = {
+        "size": job.desired.size,
+        "sha256": job.desired.sha256,
+        "xxh3_128": job.desired.xxh3_128,
+    }
+    if job.validators is not None:
+        want["upstream"] = job.validators
+    job.sidecar.write_text(json.dumps(want, sort_keys=True))
+
+
+def forget_partial(job: Job) -> None:
+    """Start the next download of this job from nothing."""
+    remove(job.tmp, job.control)
+    job.validators = job.first_probe = None
+    job.earlier += max(job.done_bytes - job.start_bytes, 0)  # transferred all the same
+    job.start_bytes = job.done_bytes = 0
 
 
 def aria2_options(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gzip
 import hashlib
 import http.client
 import json
@@ -244,6 +245,50 @@ def test_stall_until_released(files: FileServer) -> None:
     files.release_stalls()
     reader.join(10)
     assert result == [payload(10_000)]
+
+
+def test_extra_length_announces_more_than_it_sends(files: FileServer) -> None:
+    files.faults.extra_length = 100
+    with pytest.raises(http.client.IncompleteRead) as exc:
+        fetch(files.url + "/mem.bin")
+    assert exc.value.partial == payload(10_000)  # all of it, then the connection closes
+    status, headers, _ = fetch(files.url + "/mem.bin", method="HEAD")
+    assert (status, headers["content-length"]) == (200, "10100")
+
+
+def test_endless_body_never_ends(files: FileServer) -> None:
+    files.faults.endless = True
+    conn = http.client.HTTPConnection("127.0.0.1", files.port, timeout=30)
+    try:
+        conn.request("GET", "/mem.bin")
+        resp = conn.getresponse()
+        assert resp.status == 200 and resp.getheader("Content-Length") is None
+        body = resp.read(3 << 20)  # far past the content: filler keeps coming
+        assert body[:10_000] == payload(10_000) and len(body) == 3 << 20
+    finally:
+        conn.close()
+
+
+def test_gzip_sends_the_body_compressed_asked_or_not(files: FileServer) -> None:
+    files.faults.gzip = True
+    status, headers, body = fetch(files.url + "/mem.bin", headers={"Range": "bytes=0-9"})
+    assert (status, headers["content-encoding"]) == (200, "gzip")  # and the Range ignored
+    assert gzip.decompress(body) == payload(10_000)
+    status, headers, _ = fetch(files.url + "/mem.bin", method="HEAD")
+    assert headers["content-encoding"] == "gzip"
+
+
+def test_change_after_serves_a_new_version(files: FileServer) -> None:
+    new = payload(10_000, seed=9)
+    files.change_after("/mem.bin", 15_000, new)
+    _, first, body = fetch(files.url + "/mem.bin")
+    assert body == payload(10_000)
+    assert fetch(files.url + "/mem.bin", headers={"Range": "bytes=0-4999"})[2] == body[:5000]
+    # 15 000 bytes served: from the next request on, another file, another ETag.
+    _, second, body = fetch(files.url + "/mem.bin", headers={"Range": "bytes=5000-"})
+    assert body == new[5000:]
+    assert second["etag"] != first["etag"]
+    assert second["last-modified"] != first["last-modified"]
 
 
 def test_signed_urls(files: FileServer) -> None:

@@ -40,6 +40,7 @@ root = "models"
 max_concurrent = 4          # files downloading at once (1-64)
 connections = 0             # connections per file (0-16); 0 = by size, one per 8 MiB
 max_speed = "0"             # overall download limit: "0" (none), "500K", "50M", "1G"
+max_file_size = "0"         # stop a download of unknown size past this: "0" (none), "100G"
 # Content-addressed mirrors tried beside each source; {{sha256}} is the file's pin,
 # e.g. ["http://cache.lan/sha256/{{sha256}}"]
 mirrors = []

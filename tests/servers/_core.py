@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import email.utils
+import gzip
 import hashlib
 import io
 import itertools
@@ -51,6 +52,10 @@ class Faults:
     first_byte_delay: float = 0.0  # seconds before the status line
     redirect: str | None = None  # answer `redirect_status` with this Location
     redirect_status: int = 302
+    # Hostile servers (tests/commands/test_hostile.py):
+    extra_length: int = 0  # announce this many more body bytes than exist, send what exists, close
+    endless: bool = False  # 200, no Content-Length, the body then filler until the client hangs up
+    gzip: bool = False  # 200 with the body gzip-compressed (Content-Encoding: gzip), asked or not
 
 
 @dataclass
@@ -421,6 +426,9 @@ class BaseServer:
         headers: Mapping[str, str] | None = None,
     ) -> None:
         """Answer GET/HEAD with `content`: single ranges, then body faults."""
+        if f.endless or f.gzip:
+            self._send_hostile(h, rec, content, f)
+            return
         try:
             rng = None if f.no_range else parse_range(rec.range, content.size)
         except RangeNotSatisfiable:
@@ -438,9 +446,50 @@ class BaseServer:
             out["Content-Range"] = f"bytes {start}-{end}/{content.size}"
         out.update(headers or {})
         length = end - start + 1
-        self.start_response(h, rec, 206 if rng else 200, out, length)
+        if f.extra_length:  # a lie: the body ends early and the connection closes
+            if rng:
+                total = content.size + f.extra_length
+                out["Content-Range"] = f"bytes {start}-{end + f.extra_length}/{total}"
+            self.start_response(h, rec, 206 if rng else 200, out, length + f.extra_length)
+            h.close_connection = True
+        else:
+            self.start_response(h, rec, 206 if rng else 200, out, length)
         if rec.method != "HEAD" and length:
             self._stream(h, rec, content, start, length, f)
+
+    def _send_hostile(self, h: Handler, rec: RequestRecord, content: Content, f: Faults) -> None:
+        """`endless`: the content, then filler until the client hangs up (no length, no
+        ranges, the connection closes the body). `gzip`: the whole content compressed."""
+        with content.open() as src:
+            data = src.read()
+        out = {"Content-Type": content.content_type, "ETag": content.etag}
+        if f.gzip:
+            body = gzip.compress(data, mtime=0)
+            out["Content-Encoding"] = "gzip"
+            self.start_response(h, rec, 200, out, len(body))
+            if rec.method != "HEAD":
+                rec.bytes_sent = len(body)
+                h.wfile.write(body)
+            return
+        rec.status, rec.length = 200, None
+        h.close_connection = True
+        h.send_response(200)
+        for name, value in {**out, "Connection": "close"}.items():
+            h.send_header(name, value)
+        h.end_headers()
+        if rec.method == "HEAD":
+            return
+        filler = bytes(range(256)) * (CHUNK // 256)
+        chunks = itertools.chain([data], itertools.repeat(filler))
+        rate = f.rate_limit or 0
+        for chunk in chunks:
+            if self._stopping.is_set():
+                raise ConnectionAbortedError("server stopping")
+            if rate:
+                h.bucket.take(len(chunk), rate, self._stopping)
+            h.wfile.write(chunk)
+            rec.bytes_sent += len(chunk)
+            self._notify()
 
     def _stream(
         self, h: Handler, rec: RequestRecord, content: Content, start: int, length: int, f: Faults

@@ -26,6 +26,7 @@ import argparse
 import secrets
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from urllib.parse import parse_qs, quote, urlencode
 
@@ -45,6 +46,7 @@ class FileServer(BaseServer):
         self.require_signature = False  # when True, only URLs from `signed_url()` are served
         self._content: dict[str, Content] = {}
         self._signatures: dict[str, tuple[str, float]] = {}  # signature -> (path, expiry)
+        self._changes: dict[str, tuple[int, bytes]] = {}  # path -> (after bytes, new data)
 
     # -- content -------------------------------------------------------------------------------
     def add_bytes(
@@ -60,6 +62,20 @@ class FileServer(BaseServer):
         path = _norm(path)
         self._content[path] = Content.of_file(Path(file))
         return self.url_for(path)
+
+    def change_after(self, path: str, served: int, data: bytes) -> None:
+        """Upstream changes the file: requests of `path` that start once `served` body bytes
+        of it went out get `data`, with a new ETag and Last-Modified (a response under way
+        keeps sending the old bytes)."""
+        self._changes[_norm(path)] = (served, data)
+
+    def _apply_change(self, path: str) -> None:
+        change = self._changes.get(path)
+        if change is not None and self.bytes_served(path) >= change[0]:
+            del self._changes[path]
+            old = self._content.get(path)
+            mtime = (old.mtime if old else 1_700_000_000.0) + 3600
+            self._content[path] = replace(Content.of_bytes(change[1]), mtime=mtime)
 
     def remove(self, path: str) -> None:
         self._content.pop(_norm(path), None)
@@ -115,6 +131,7 @@ class FileServer(BaseServer):
             body = f"<Error><Code>AccessDenied</Code><Message>{error}</Message></Error>"
             self.reply(h, rec, 403, body.encode(), content_type="application/xml")
             return
+        self._apply_change(rec.path)
         content = self.lookup(rec.path)
         if content is None:
             self.reply(h, rec, 404, b"not found\n")
