@@ -148,6 +148,13 @@ def _move_aside(db: Path) -> None:
         db.with_name(db.name + suffix).unlink(missing_ok=True)
 
 
+def _not_the_files_fault(exc: sqlite3.DatabaseError) -> bool:
+    """A full disk (SQLITE_FULL), an I/O error or a read-only file system says nothing
+    about the database: moving it aside would lose the learned pins for nothing."""
+    code = getattr(exc, "sqlite_errorcode", 0) & 0xFF  # the primary code of an extended one
+    return code in (sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_READONLY)
+
+
 def open_writable(db: Path) -> sqlite3.Connection:
     db.parent.mkdir(parents=True, exist_ok=True)
     problem = ""
@@ -160,6 +167,10 @@ def open_writable(db: Path) -> sqlite3.Connection:
             problem = "a foreign database or another schema version"
         except sqlite3.DatabaseError as exc:
             problem = str(exc)
+            if _not_the_files_fault(exc):  # a full or read-only disk: the file is fine
+                if conn is not None:
+                    conn.close()
+                break
         if conn is not None:
             conn.close()
         if attempt == 0:

@@ -8,6 +8,7 @@ modelsync was left by a killed apply: it is stale, not a running one.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -41,7 +42,9 @@ class StatusFile:
         if final:
             self.path.unlink(missing_ok=True)
             return
-        write_text_atomic(self.path, json.dumps(self.document(live)) + "\n")
+        # A view for other terminals: a full disk must not stop the apply it shows.
+        with contextlib.suppress(OSError):
+            write_text_atomic(self.path, json.dumps(self.document(live)) + "\n")
 
     def document(self, live: Live) -> dict[str, Any]:
         return {

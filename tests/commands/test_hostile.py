@@ -176,6 +176,73 @@ def test_a_full_disk_fails_that_entry_and_keeps_the_others(
     assert (root / "big.bin").read_bytes() == big.data
 
 
+def fill(disk: Path) -> Path:
+    """Another process takes every free byte."""
+    filler = disk / "filler"
+    subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=64k"], capture_output=True)
+    return filler
+
+
+def test_a_disk_filled_by_another_process_during_a_download(
+    tmp_path: Path, fileserver: FileServer, small_disk: Path
+) -> None:
+    a = serve(fileserver, "/a.bin", 500_000, seed=20)
+    big = serve(fileserver, "/big.bin", 2 * MIB, seed=21)
+    root = small_disk / "models"
+    settings = {"root": str(root)}
+    first = write_manifest(tmp_path / "a.toml", [{"url": a.url}], settings)
+    assert modelsync("apply", first).code == 0
+    manifest = write_manifest(
+        tmp_path / "models.toml", [{"url": a.url}, {"url": big.url}], settings
+    )
+    fileserver.set_faults("/big.bin", stall_after=MIB)
+    proc = start_apply(manifest, "--json")
+    assert fileserver.wait_until(lambda: any(r.stalled for r in fileserver.requests), 60)
+    filler = fill(small_disk)
+    fileserver.release_stalls()
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1, err
+    got = by_name(json.loads(out))
+    assert got["a.bin"]["status"] == "ok" and (root / "a.bin").read_bytes() == a.data
+    assert got["big.bin"]["error"].startswith(f"no space left on {small_disk} (needs ")
+    assert leftovers(root) == []
+
+    filler.unlink()  # space freed: the next apply completes
+    fileserver.reset_faults()
+    run, doc = apply_json(manifest)
+    assert run.code == 0, run.stderr
+    assert by_name(doc)["big.bin"]["status"] == "downloaded"
+    assert (root / "big.bin").read_bytes() == big.data
+
+
+def test_a_disk_already_full_is_said_before_anything(
+    tmp_path: Path, fileserver: FileServer, small_disk: Path
+) -> None:
+    a = serve(fileserver, "/a.bin", 100_000, seed=22)
+    b = serve(fileserver, "/b.bin", 100_000, seed=23)
+    root = small_disk / "models"
+    settings = {"root": str(root)}
+    first = write_manifest(tmp_path / "a.toml", [{"url": a.url}], settings)
+    assert modelsync("apply", first).code == 0
+    manifest = write_manifest(tmp_path / "models.toml", [{"url": a.url}, {"url": b.url}], settings)
+    filler = fill(small_disk)
+    run = modelsync("apply", manifest)
+    assert run.code == 2, run.stderr
+    said = " ".join(run.stderr.split())
+    assert f"error: no space left on {small_disk}: modelsync cannot even write its own" in said
+    assert "moving it aside" not in said  # state.db (the learned pins) is not the culprit
+    assert sorted(p.name for p in (root / ".modelsync").glob("state.db*"))[0] == "state.db"
+    assert not list((root / ".modelsync").glob("*.corrupt*"))
+
+    filler.unlink()
+    run, doc = apply_json(manifest)
+    assert run.code == 0, run.stderr
+    assert {n: e["status"] for n, e in by_name(doc).items()} == {
+        "a.bin": "ok",
+        "b.bin": "downloaded",
+    }
+
+
 # ---- folders it cannot, or must not, write ---------------------------------------------------
 
 
