@@ -101,6 +101,11 @@ def _words(exc: OSError, rel: str, root: Path) -> str:
         )
     if exc.errno == errno.EROFS:
         return f"cannot write {where}: the file system is read-only"
+    if exc.errno == errno.EXDEV:
+        return (
+            f"cannot place {where}: its folder is another file system (a mount inside root); "
+            "downloads arrive in root's .modelsync/tmp/ and are renamed into place"
+        )
     if exc.errno == errno.ENOSPC:
         return f"cannot write {where}: no space left on the file system"
     return f"cannot place {where}: {exc.strerror or exc}"

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import gzip
 import shutil
+import threading
 import zlib
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,6 +69,21 @@ def probe(url: str, headers: tuple[tuple[str, str], ...] = ()) -> Upstream | Non
             )
     except (requests.RequestException, ValueError):
         return None
+
+
+def probe_in_background(
+    url: str, headers: tuple[tuple[str, str], ...] = ()
+) -> Future[Upstream | None]:
+    """`probe` in a daemon thread: a server slow to answer a HEAD never holds up the
+    end of a run (an interrupted apply exits at once; the thread dies with it)."""
+    future: Future[Upstream | None] = Future()
+
+    def run() -> None:
+        if future.set_running_or_notify_cancel():
+            future.set_result(probe(url, headers))  # probe catches what it expects
+
+    threading.Thread(target=run, name="modelsync-probe", daemon=True).start()
+    return future
 
 
 def html_page(path: Path) -> bool:
