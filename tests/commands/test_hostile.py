@@ -296,6 +296,24 @@ def test_a_folder_it_may_not_write_fails_that_entry_and_keeps_the_download(
     assert fileserver.bytes_served("/lora.bin") == 0
 
 
+def test_a_folder_that_is_another_mount_is_said_in_words(
+    tmp_path: Path, fileserver: FileServer, small_disk: Path
+) -> None:
+    f = serve(fileserver, "/m.bin", 1000, seed=24)
+    manifest = write_manifest(tmp_path / "models.toml", [{"url": f.url, "dir": "big"}])
+    big = tmp_path / "models/big"
+    big.mkdir(parents=True)
+    subprocess.run(["mount", "--bind", str(small_disk), str(big)], check=True)
+    try:
+        run, doc = apply_json(manifest)
+    finally:
+        subprocess.run(["umount", str(big)], check=True)
+    assert run.code == 1, run.stderr
+    assert by_name(doc)["m.bin"]["error"].startswith(
+        f"cannot place {big}/m.bin: its folder is another file system (a mount inside root)"
+    )
+
+
 def test_a_target_that_is_a_folder_is_not_downloaded(
     tmp_path: Path, fileserver: FileServer
 ) -> None:
