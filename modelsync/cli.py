@@ -447,6 +447,42 @@ def import_(
     raise typer.Exit(1 if strict and result.unresolved else 0)
 
 
+@app.command(epilog=_epilog("modelsync gc --yes"))
+def gc(
+    manifest: Annotated[
+        Path | None,
+        typer.Argument(metavar="MANIFEST", help="Use this manifest's settings.store."),
+    ] = None,
+    store: Annotated[
+        str | None,
+        typer.Option("--store", metavar="DIR", help="The store (else $MODELSYNC_STORE)."),
+    ] = None,
+    yes: Annotated[bool, typer.Option("--yes", help="Remove them (else only list).")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """List (and with --yes remove) the store's files that no root holds any more."""
+    from modelsync.commands.gc import run_gc
+    from modelsync.store import store_of
+
+    setting, base = store, Path.cwd()
+    if setting is None and manifest is not None:
+        loaded = load_manifest(manifest)
+        setting, base = loaded.settings.store, manifest.parent
+    env = {} if store else dict(os.environ)
+    chosen = store_of(setting, env, base)
+    if chosen is None or not chosen.path.is_dir():
+        where = f"{chosen.path} does not exist" if chosen else "no store is set"
+        raise ModelsyncError(
+            f"modelsync gc: {where}",
+            "pass --store DIR, set $MODELSYNC_STORE, or name a manifest with settings.store",
+        )
+    result = run_gc(chosen, remove=yes)
+    if json_out:
+        ui.print_gc_json(result)
+    else:
+        ui.print_gc(result)
+
+
 @app.command(epilog=_epilog("modelsync init models.toml"))
 def init(
     manifest: Annotated[
@@ -571,11 +607,27 @@ def _main(args: list[str], stopped_by: list[int]) -> None:
         _interrupted(stopped_by)
     except OSError as exc:  # the disk said no where we did not expect it: no traceback
         where = f" ({exc.filename})" if exc.filename else ""
-        message = f"{exc.strerror or exc}{where}"
+        message = _redacted(f"{exc.strerror or exc}{where}")
         _fail(ModelsyncError(message, "check the path", exit_code=EXIT_FAILED), args)
+    except Exception as exc:  # a bug: one line, secrets redacted, never a traceback
+        if os.environ.get("MODELSYNC_DEBUG"):
+            raise
+        message = _redacted(f"internal error: {type(exc).__name__}: {exc}")
+        hint = "please report it; MODELSYNC_DEBUG=1 shows the traceback (it may hold secrets)"
+        _fail(ModelsyncError(message, hint, exit_code=EXIT_FAILED), args)
     if code == EXIT_INTERRUPTED:
         _interrupted(stopped_by)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _redacted(text: str) -> str:
+    """`text` without any token or RPC secret from the environment, nor signed queries."""
+    from modelsync.redact import redact, redact_urls
+    from modelsync.sources import TOKEN_VARIABLES
+
+    names = (*TOKEN_VARIABLES, "MODELSYNC_ARIA2_SECRET", "COMFYUI_MANAGER_ARIA2_SECRET")
+    secrets = tuple(v for n in names if (v := os.environ.get(n, "").strip()))
+    return redact_urls(redact(text, secrets))
 
 
 def _stop_on_signals(stopped_by: list[int]) -> dict[int, Any]:

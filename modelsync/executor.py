@@ -9,6 +9,7 @@ A file reaches its final path only after its size and every pinned hash matched.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -19,22 +20,47 @@ from pathlib import Path
 
 from modelsync.aria2 import Aria2Daemon, Aria2RpcError, DownloadStatus
 from modelsync.aria2.words import describe
-from modelsync.download import MIB, Job, aria2_options, discard_stale_partial, tmp_complete
+from modelsync.download import (
+    MIB,
+    Job,
+    aria2_options,
+    discard_stale_partial,
+    forget_partial,
+    tmp_complete,
+    write_sidecar,
+)
 from modelsync.errors import Aria2Unavailable, ModelsyncError
 from modelsync.events import Events
 from modelsync.hashing import FileHashes, PrefixHasher, git_blob_sha1, hash_file
 from modelsync.layout import Layout
+from modelsync.linking import link_into
+from modelsync.manifest import LinkMode
+from modelsync.mirroring import NOT_FOUND, Mirrors, hosts_of
 from modelsync.partials import partial_bytes
-from modelsync.placement import place, remove
+from modelsync.placement import PlacementError, mount_of, place, remove
 from modelsync.progress import NullReporter, Reporter
 from modelsync.reconcile import Action, ActionKind, Plan, hash_mismatches
 from modelsync.redact import redact
 from modelsync.remote import Desired, Locator
-from modelsync.results import EntryResult, Status
+from modelsync.results import EntryResult, Status, free_bytes
 from modelsync.state import StateDB
+from modelsync.store import Store
 from modelsync.tuning import NO_TUNING, Tuning
+from modelsync.units import human_size
+from modelsync.upstream import (
+    Upstream,
+    gunzip_in_place,
+    gzip_encoded,
+    html_page,
+    probe,
+    probe_in_background,
+)
 
 HASH_STEP = 32 * MIB  # hash a download's finished prefix in steps of at least this
+PROBE_WAIT = 15.0  # seconds a finished download waits at most for a HEAD's answer
+#: How often one apply starts its own aria2c again after it died (killed, OOM): a third
+#: death means something kills it on purpose or keeps running out of memory.
+MAX_RESTARTS = 2
 
 
 class Cancelled(Exception):
@@ -48,12 +74,30 @@ class ApplyOptions:
     max_attempts: int = 4  # per entry, for transient errors and stalls
     poll_interval: float = 0.2
     tuning: Tuning = NO_TUNING  # [settings.aria2]
+    max_file_size: int = 0  # settings.max_file_size: bound of a download of unknown size
+    link: LinkMode = "auto"  # settings.link: how a file already here is put in place
+    store: Store | None = None  # settings.store: every placed file is linked into it
+    mirror_first: bool = False  # settings.mirror_first: the mirrors alone, then the origin
 
 
 @dataclass(frozen=True)
 class Placed:
     hashes: FileHashes
     stat: os.stat_result
+
+
+@dataclass(frozen=True)
+class Linked(Placed):
+    """Bytes found on this machine (a donor), checked, and put in place."""
+
+    how: str  # "reflink", "hardlink", "symlink" or "copy"
+
+
+@dataclass(frozen=True)
+class NotReused:
+    """A donor that could not be used (gone, or not the wanted bytes): download instead."""
+
+    why: str
 
 
 @dataclass(frozen=True)
@@ -66,9 +110,26 @@ class Hashed:
 
 
 @dataclass(frozen=True)
+class Refused:
+    """Bytes that no retry makes right (a web page instead of the file): removed."""
+
+    message: str
+
+
+@dataclass(frozen=True)
+class Changed:
+    """The file changed upstream while it downloaded: the bytes may mix two versions."""
+
+    why: str
+
+
+@dataclass(frozen=True)
 class Rejected:
     problems: list[str]
     hashes: FileHashes  # of the rejected bytes: the same twice means the pin is wrong
+
+
+Outcome = Placed | Rejected | Hashed | Refused | Changed | NotReused
 
 
 class Executor:
@@ -96,9 +157,11 @@ class Executor:
         self.results: dict[str, EntryResult] = {}
         self.active: dict[str, Job] = {}  # gid → job
         self.waiting: list[Job] = []  # scheduled retries
-        self.hashing: dict[Future[Placed | Rejected | Hashed], Job] = {}
+        self.hashing: dict[Future[Outcome], Job] = {}
         self.pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 2)
-        self.lost: Aria2Unavailable | None = None  # aria2 went away mid-run
+        self.lost: Aria2Unavailable | None = None  # aria2 went away mid-run, for good
+        self.restarts = 0  # of our own aria2c, after it died
+        self.mirrors = Mirrors(options.mirror_first)  # which URLs each download uses
 
     # ---- entry point -------------------------------------------------------
 
@@ -125,6 +188,8 @@ class Executor:
                 job = Job(action, None, self.layout.partial(action.desired.path))
                 if action.kind is ActionKind.VERIFY:
                     self._submit(job, self._hash_in_place)
+                elif action.kind is ActionKind.LINK:
+                    self._submit(job, self._link_and_place)
                 else:
                     self._start_download(job)
             while self.active or self.hashing or self.waiting:
@@ -164,10 +229,16 @@ class Executor:
             # Nothing to wake us but time: aria2 progress or a scheduled retry.
             self.cancel.wait(self.options.poll_interval)
 
-    def _submit(self, job: Job, fn: Callable[[Job], Placed | Rejected | Hashed]) -> None:
+    def _submit(self, job: Job, fn: Callable[[Job], Outcome]) -> None:
         self.hashing[self.pool.submit(fn, job)] = job
 
     def _start_download(self, job: Job) -> None:
+        target = self.layout.target(job.desired.path)
+        if target.is_dir() and not target.is_symlink():  # no download could go there
+            self._fail_before_start(
+                job, f"{target} is a folder, not a file; move it away or change the filename"
+            )
+            return
         discard_stale_partial(job)
         if tmp_complete(job):
             # Downloaded before a crash, never placed: verify it instead of fetching again.
@@ -183,12 +254,50 @@ class Executor:
         self._add_to_aria2(job, fresh=False)
 
     def _daemon_lost(self, exc: Aria2Unavailable) -> None:
-        """aria2 died under us: what it was doing fails (its partials stay for a resume)."""
-        self.lost = exc
-        for job in [*self.active.values(), *self.waiting]:
-            self._fail(
-                job, f"aria2 stopped during the download ({exc.message}); run apply again to resume"
+        """aria2 died under us. Our own aria2c is started again (MAX_RESTARTS times per
+        run) and resumes what it was doing from the control files; a daemon we attached
+        to is not ours to start, and after that what it was doing fails (its partials
+        stay for a resume)."""
+        daemon, self._daemon = self._daemon, None
+        if daemon is None:  # it could not even start
+            self._give_up(f"aria2 is not available ({exc.message})")
+            return
+        # A dead process is reaped at once; one that is alive but deaf gets none.
+        why = daemon.exit_reason(wait=1.0) or f"it stopped answering: {exc.message}"
+        daemon.close()  # reaps it; a deaf one is stopped (SIGTERM keeps control files)
+        if not daemon.spawned:
+            self._give_up(f"aria2 stopped during the download ({exc.message})")
+        elif self.restarts >= MAX_RESTARTS:
+            self._give_up(
+                f"aria2c stopped {self.restarts + 1} times during this apply (last: {why})"
             )
+        else:
+            self._restart(why)
+
+    def _restart(self, why: str) -> None:
+        self.restarts += 1
+        jobs = list(self.active.values())
+        self.active.clear()
+        try:
+            self.daemon  # noqa: B018 - spawn it now, to say so before the downloads
+        except ModelsyncError as exc:
+            self._give_up(f"aria2c stopped ({why}) and could not start again: {exc}", jobs)
+            return
+        self.reporter.warn(
+            f"aria2c stopped ({why}); restarted it ({self.restarts} of {MAX_RESTARTS}), "
+            f"resuming {len(jobs)} download{'s' if len(jobs) != 1 else ''}"
+        )
+        self.events.emit("aria2_restart", reason=why, restart=self.restarts, downloads=len(jobs))
+        for job in jobs:
+            job.gid = None
+            job.prefix = None  # bytes past the last saved control file are fetched again
+            job.attempts -= 1  # aria2's death is not this download's failure
+            self._start_download(job)  # from the control file aria2 saved last
+
+    def _give_up(self, why: str, jobs: list[Job] | None = None) -> None:
+        self.lost = Aria2Unavailable(why)
+        for job in [*self.active.values(), *self.waiting, *(jobs or [])]:
+            self._fail(job, f"{why}; partial downloads are kept: run apply again to resume")
         self.active.clear()
         self.waiting.clear()
 
@@ -197,13 +306,18 @@ class Executor:
             self._fail(job, f"aria2 is not running any more ({self.lost.message})")
             return
         try:
-            remote = job.remote = self.resolver(job.desired.name, fresh)
+            located = self.resolver(job.desired.name, fresh)
+            remote = job.remote = self.mirrors.choose(
+                job.desired.name, located, vouched=job.desired.vouched
+            )
         except ModelsyncError as exc:
             self._fail_before_start(job, str(exc))
             return
         if not remote.urls:
             self._fail_before_start(job, _no_source(job.desired))
             return
+        if job.validators is not None and job.control.exists():
+            self._check_before_resume(job, probe(remote.urls[0], remote.headers))
         job.attempts += 1
         tuning = self.options.tuning.per_download
         options = aria2_options(job, remote, self.options.connections, tuning)
@@ -215,7 +329,9 @@ class Executor:
             self._fail(job, f"cannot start the download of {url}: aria2 rejected it")
             return
         except Aria2Unavailable as exc:
-            self._fail(job, f"aria2 is not available ({exc.message})")
+            job.attempts -= 1  # aria2's death is not this download's failure
+            job.retry_at = time.monotonic()  # added to a restarted daemon, or failed with the rest
+            self.waiting.append(job)
             self._daemon_lost(exc)
             return
         job.last_change = time.monotonic()
@@ -236,10 +352,98 @@ class Executor:
             job.sidecar.unlink(missing_ok=True)  # nothing downloaded: leave tmp/ clean
         self._fail(job, error)
 
+    def _check_before_resume(self, job: Job, upstream: Upstream | None) -> None:
+        """A partial holds the start of one version of the file: resumed against another,
+        the result would mix them. Compared by one HEAD; changed, it starts over."""
+        assert job.validators is not None
+        why = upstream.changed_from(job.validators) if upstream is not None else None
+        if why is None:
+            return
+        d = job.desired
+        self.reporter.warn(
+            f"{d.name}: the file changed upstream since its partial download began ({why}); "
+            "starting over"
+        )
+        self.events.emit("download_retry", entry=d.name, attempt=job.attempts, reason=why)
+        forget_partial(job)
+
+    def _probe_once(self, job: Job, st: DownloadStatus) -> None:
+        """Once bytes flow (so that a HEAD never takes the place of the download's own
+        first request), learn which version upstream this download is of."""
+        if job.validators is not None or job.remote is None:
+            return
+        if job.first_probe is None:
+            if st.status == "active" and st.completed_length > 0:
+                remote = job.remote
+                job.first_probe = probe_in_background(remote.urls[0], remote.headers)
+        elif job.first_probe.done():
+            upstream = job.first_probe.result()
+            if upstream is not None:
+                job.validators = upstream.validators()
+                write_sidecar(job)  # for a resume by a later apply
+
+    def _refuse(self, job: Job, st: DownloadStatus) -> bool:
+        """Stop a download that outgrows its size (pinned, or settings.max_file_size):
+        an endless body or a lying Content-Length. True while it is being removed."""
+        if job.refused is None:
+            limit, what = self._size_limit(job)
+            seen = max(st.completed_length, st.total_length)
+            if limit is None or seen <= limit:
+                return False
+            if st.total_length > limit:
+                job.refused = f"the server announced {st.total_length} bytes, more than {what}"
+            else:
+                job.refused = f"the server kept sending past {what} (an endless body)"
+            job.refused += "; the download was stopped and removed"
+            self.daemon.remove(st.gid)
+        if st.status in ("active", "waiting", "paused"):
+            return True  # aria2 lets go of the file first
+        self._forget_gid(job)
+        forget_partial(job)
+        self._fail(job, job.refused)
+        return True
+
+    def _size_limit(self, job: Job) -> tuple[int | None, str]:
+        if job.desired.size is not None:
+            return job.desired.size, f"the file's {job.desired.size} bytes"
+        if limit := self.options.max_file_size:
+            return limit, f"settings.max_file_size ({limit} bytes)"
+        return None, ""
+
+    def _out_of_space(self, full: list[tuple[Job, DownloadStatus]]) -> None:
+        """aria2 could not write: every such partial goes (and the space it held), then
+        each entry that fits in what is free now is retried, smallest first; the others
+        fail saying how much more they need. Files already placed stay as they are."""
+        for job, _ in full:
+            forget_partial(job)
+        free = free_bytes(self.layout.root)
+        mount = mount_of(self.layout.root)
+        for job, st in sorted(full, key=lambda js: js[0].desired.size or js[1].total_length):
+            need = job.desired.size or st.total_length or None
+            if need is not None and need < free and job.attempts < self.options.max_attempts:
+                free -= need
+                self._retry(job, f"no space left on {mount}; {human_size(free)} free again")
+            elif need is not None:
+                self._fail(
+                    job,
+                    f"no space left on {mount} (needs {human_size(need - free)} more); "
+                    "free some space and run apply again",
+                )
+            else:
+                self._fail(
+                    job,
+                    f"no space left on {mount} (needs more than the {human_size(free)} free; "
+                    "its size is unknown); free some space and run apply again",
+                )
+
     def _poll_aria2(self) -> None:
         now = time.monotonic()
+        full: list[tuple[Job, DownloadStatus]] = []  # aria2 error 9: the disk is full
         for st in self.daemon.status(list(self.active)):
             job = self.active[st.gid]
+            if self._refuse(job, st):
+                continue
+            self._probe_once(job, st)
             if st.completed_length != job.done_bytes or st.status != "active":
                 # Queued behind max-concurrent-downloads is not stalled.
                 job.done_bytes = st.completed_length
@@ -264,11 +468,16 @@ class Executor:
                 self._submit(job, self._verify_and_place)
             elif st.status in ("error", "removed"):
                 self._forget_gid(job)
-                self._transient_or_fail(job, st)
+                if st.error_code == 9:
+                    full.append((job, st))
+                else:
+                    self._transient_or_fail(job, st)
             elif st.status == "active" and now - job.last_change > self.options.stall_timeout:
                 self.daemon.remove(st.gid)
                 self._forget_gid(job)
                 self._retry(job, f"no progress for {self.options.stall_timeout:.0f}s")
+        if full:
+            self._out_of_space(full)
 
     def _hash_ahead(self, job: Job, st: DownloadStatus) -> None:
         """Overlap hashing with the download: hash the prefix aria2 has finished.
@@ -295,6 +504,25 @@ class Executor:
         job.gid = None
 
     def _transient_or_fail(self, job: Job, st: DownloadStatus) -> None:
+        if self.mirrors.missed(job.desired.name):  # mirror_first: the mirrors alone failed
+            self._mirror_missed(job, st)
+            return
+        if _short_body(st):
+            # The body ended before its Content-Length and the rest was refused (416): the
+            # file may have shrunk upstream (one fresh start), or the server lies.
+            forget_partial(job)
+            why = (
+                f"the server announced {st.total_length} bytes but the body ended early and "
+                "it refuses the rest"
+            )
+            if job.short_bodies == 0 and job.attempts < self.options.max_attempts:
+                job.short_bodies += 1
+                self._retry(job, f"{why}; starting over")
+            else:
+                self._fail(
+                    job, f"{why}: its Content-Length is wrong or the file is cut short there"
+                )
+            return
         urls = job.remote.urls if job.remote else ()
         failure = describe(st.error_code, st.error_message, urls, self.secrets)
         job.cause = failure.cause
@@ -304,6 +532,31 @@ class Executor:
             self._fail(job, failure.message)
         else:
             self._retry(job, failure.message)
+
+    def _mirror_missed(self, job: Job, st: DownloadStatus) -> None:
+        """The mirrors alone did not have the file (404) or did not answer: the origin
+        now, at once. A mirror without a file is no news; any other failure is said."""
+        urls = job.remote.urls if job.remote else ()
+        failure = describe(st.error_code, st.error_message, urls, self.secrets)
+        if st.error_code != NOT_FOUND:
+            self.reporter.warn(
+                f"{job.desired.name}: mirror {hosts_of(urls, self.secrets)}: {failure.message}; "
+                "downloading from the origin"
+            )
+        self._from_origin(job, f"mirror miss: {failure.message}")
+
+    def _from_origin(self, job: Job, why: str) -> None:
+        """The same file again, from the origin alone: not one of the origin's attempts."""
+        d = job.desired
+        self.events.emit("download_retry", entry=d.name, attempt=job.attempts, reason=why)
+        job.attempts -= 1
+        if not d.pinned:  # nothing would catch the bytes of two different files mixed
+            forget_partial(job)
+        # The version a mirror's HEAD saw says nothing about the origin's.
+        job.validators = job.first_probe = None
+        job.prefix = None
+        write_sidecar(job)
+        self._start_download(job)
 
     def _retry(self, job: Job, why: str) -> None:
         if job.attempts >= self.options.max_attempts:
@@ -324,8 +577,23 @@ class Executor:
         hashes = hash_file(path, progress=self._check_cancel)
         return Hashed(hashes, before, _git_sha1_if_needed(job.desired, path))
 
-    def _verify_and_place(self, job: Job) -> Placed | Rejected:
+    def _verify_and_place(self, job: Job) -> Outcome:
         d = job.desired
+        upstream = self._upstream_at_end(job)
+        changed = None
+        if upstream is not None and job.validators is not None:
+            changed = upstream.changed_from(job.validators)
+        if changed is not None and not d.pinned:  # the segments may mix two versions
+            remove(job.tmp, job.control)
+            return Changed(changed)
+        if _gzip_unasked(job, upstream):
+            job.prefix = None  # it hashed the encoded bytes
+            if not gunzip_in_place(job.tmp):
+                remove(job.tmp, job.control)
+                return Refused(
+                    "the server sent the file gzip-encoded (Content-Encoding: gzip, not asked "
+                    "for) and it does not decode; check the URL or the server"
+                )
         before = os.stat(job.tmp)
         problems = []
         if d.size is not None and before.st_size != d.size:
@@ -339,12 +607,88 @@ class Executor:
         problems += wrong
         if not problems:
             problems += git_mismatch(d, _git_sha1_if_needed(d, job.tmp))
+        if problems and changed is not None:  # a pin's hash is the last word
+            remove(job.tmp, job.control)
+            return Changed(changed)
+        if _web_page(job, upstream, problems):
+            remove(job.tmp, job.control)
+            kind = upstream.content_type if upstream and upstream.content_type else "text/html"
+            return Refused(
+                f"the server sent an HTML page ({kind}), not the file; the link may lead to "
+                "a web page or a login: check the URL and the token"
+            )
         if problems:
             remove(job.tmp, job.control, job.sidecar)
             return Rejected(problems, hashes)
-        place(job.tmp, self.layout.target(d.path))
+        place(job.tmp, self.layout.root, d.path)
         job.sidecar.unlink(missing_ok=True)
+        self._into_store(d.path, hashes)
         return Placed(hashes, before)  # rename keeps size, mtime, inode and device
+
+    def _link_and_place(self, job: Job) -> Outcome:
+        """Put a donor's bytes in place (settings.link), checked like a download."""
+        d, donor = job.desired, job.action.donor
+        assert donor is not None
+        tmp = job.tmp.with_name(job.tmp.name + ".link")
+        tmp.unlink(missing_ok=True)
+        try:
+            how = link_into(Path(donor.path), tmp, self.options.link)
+            before = os.stat(tmp)  # a symlink: its donor, as inventory will see it
+            hashes = hash_file(tmp, progress=self._check_cancel)
+        except OSError as exc:
+            remove(tmp)
+            return NotReused(f"cannot reuse {donor.where}: {exc.strerror or exc}")
+        wrong = hash_mismatches(d, hashes.sha256, hashes.xxh3_128)
+        if d.size is not None and hashes.size != d.size:
+            wrong.insert(0, f"size {hashes.size}, expected {d.size}")
+        if wrong:
+            remove(tmp)
+            self._drop_store_blob(d, before)
+            return NotReused(f"{donor.where} does not hold the bytes ({'; '.join(wrong)})")
+        place(tmp, self.layout.root, d.path)
+        if how != "symlink":
+            self._into_store(d.path, hashes)
+        return Linked(hashes, before, how)
+
+    def _drop_store_blob(self, d: Desired, wrong: os.stat_result) -> None:
+        """The store's blob for `d` is the file found wrong (one inode: a hardlink edited
+        in place): remove it, so that the repair puts good bytes in the store too."""
+        store = self.options.store
+        if store is None or not d.sha256:
+            return
+        blob = store.blob(d.sha256)
+        with contextlib.suppress(OSError):
+            st = os.stat(blob)
+            if (st.st_ino, st.st_dev) == (wrong.st_ino, wrong.st_dev):
+                blob.unlink()
+
+    def _into_store(self, relpath: str, hashes: FileHashes) -> None:
+        """The shared store holds every file placed (a hardlink where it can): a failure
+        there costs the store a blob, never the apply."""
+        if self.options.store is not None:
+            with contextlib.suppress(OSError):
+                self.options.store.adopt(self.layout.target(relpath), hashes.sha256)
+
+    def _upstream_at_end(self, job: Job) -> Upstream | None:
+        """One HEAD once the download completed (None for a download finished by an
+        earlier apply); first the version seen while it ran, if that HEAD is under way."""
+        if job.remote is None:
+            return None
+        if job.validators is None and job.first_probe is not None:
+            first = self._await_probe(job.first_probe)
+            job.validators = first.validators() if first is not None else None
+        return self._await_probe(probe_in_background(job.remote.urls[0], job.remote.headers))
+
+    def _await_probe(self, future: Future[Upstream | None]) -> Upstream | None:
+        """A HEAD's answer, or None after PROBE_WAIT; Cancelled as soon as the run is."""
+        deadline = time.monotonic() + PROBE_WAIT
+        while time.monotonic() < deadline:
+            self._check_cancel(0)
+            try:
+                return future.result(timeout=self.options.poll_interval)
+            except TimeoutError:
+                continue
+        return None
 
     def _hash_download(self, job: Job, size: int) -> tuple[FileHashes, bool]:
         """The file's hashes, and whether they were (partly) taken while it was written.
@@ -364,16 +708,24 @@ class Executor:
         if self.cancel.is_set():
             raise Cancelled
 
-    def _hash_done(self, job: Job, future: Future[Placed | Rejected | Hashed]) -> None:
+    def _hash_done(self, job: Job, future: Future[Outcome]) -> None:
         d = job.desired
         try:
             outcome = future.result()
         except Cancelled:
             return
+        except PlacementError as exc:  # the verified file waits in tmp/ for the next apply
+            self._fail(job, str(exc))
+            return
         except OSError as exc:
             self._fail(job, f"{type(exc).__name__}: {exc.strerror or exc}")
             return
-        if isinstance(outcome, Hashed):  # a verify in place, against a learned pin too
+        if isinstance(outcome, Refused):
+            if not self._mirror_wrong(job, outcome.message):
+                self._fail(job, outcome.message)
+        elif isinstance(outcome, Changed):
+            self._changed_upstream(job, outcome.why)
+        elif isinstance(outcome, Hashed):  # a verify in place, against a learned pin too
             wrong = hash_mismatches(
                 job.action.expected, outcome.hashes.sha256, outcome.hashes.xxh3_128
             ) + git_mismatch(d, outcome.git_sha1)
@@ -387,8 +739,17 @@ class Executor:
                 self._finish(job, Status.OK)
             else:
                 self.reporter.warn(f"{d.name}: {'; '.join(wrong)}; downloading again")
+                self._drop_store_blob(d, outcome.stat)  # edited through a hardlink
                 job.repairing = True
                 self._start_download(job)
+        elif isinstance(outcome, NotReused):
+            self.reporter.warn(f"{d.name}: {outcome.why}; downloading it")
+            self._start_download(job)
+        elif isinstance(outcome, Linked):
+            self.events.emit("place", entry=d.name, path=d.path, bytes=0, how=outcome.how)
+            self.state.record(d.path, outcome.stat, outcome.hashes)
+            self.state.learn(d.path, outcome.hashes)
+            self._finish(job, Status.LINKED)
         elif isinstance(outcome, Placed):
             self._verified(job, outcome.hashes, [])
             self.events.emit("place", entry=d.name, path=d.path, bytes=outcome.hashes.size)
@@ -400,12 +761,17 @@ class Executor:
                 self.state.learn_blob(d.git_sha1, outcome.hashes)
             if not d.vouched:
                 self.reporter.warn(_learned_message(job, outcome.hashes))
+            if note := self.mirrors.settled(d.name, self.secrets):
+                self.reporter.warn(note)
+                self.events.emit("mirror_bad", entry=d.name, message=note)
             repaired = job.repairing or job.action.kind is ActionKind.REPAIR
             self._finish(job, Status.REPAIRED if repaired else Status.DOWNLOADED)
         else:
             self._verified(job, outcome.hashes, outcome.problems)
             expected = "; ".join(outcome.problems)
-            if job.corrupt_retries == 0:
+            if self._mirror_wrong(job, f"downloaded file is corrupt ({expected})"):
+                pass  # the origin alone gets its own two tries
+            elif job.corrupt_retries == 0:
                 job.corrupt_retries += 1
                 self.events.emit(
                     "download_retry", entry=d.name, attempt=job.attempts, reason="corrupt download"
@@ -423,6 +789,37 @@ class Executor:
                     job,
                     f"downloaded file is corrupt twice: {expected}; the server sends wrong bytes",
                 )
+
+    def _mirror_wrong(self, job: Job, what: str) -> bool:
+        """Wrong bytes from a download that had mirrors in it: no piece hashes say whose,
+        so the file is fetched again from the origin alone. False: no mirror was in it."""
+        suspects = self.mirrors.wrong_bytes(job.desired.name, job.remote)
+        if not suspects:
+            return False
+        self.reporter.warn(
+            f"{job.desired.name}: {what}; retrying from the origin alone, without mirror "
+            f"{hosts_of(suspects, self.secrets)}"
+        )
+        self._from_origin(job, f"wrong bytes with mirrors: {what}")
+        return True
+
+    def _changed_upstream(self, job: Job, why: str) -> None:
+        """Started over once; a file that changes during every download fails."""
+        d = job.desired
+        if job.changed_restarts > 0:
+            self._fail(
+                job,
+                f"the file changed upstream during the download again ({why}); "
+                "run apply again once it stops changing",
+            )
+            return
+        job.changed_restarts += 1
+        self.reporter.warn(
+            f"{d.name}: the file changed upstream during the download ({why}); starting over"
+        )
+        self.events.emit("download_retry", entry=d.name, attempt=job.attempts, reason=why)
+        job.validators = job.first_probe = None
+        self._start_download(job)
 
     def _verified(
         self, job: Job, hashes: FileHashes, problems: list[str], *, in_place: bool = False
@@ -450,6 +847,8 @@ class Executor:
 
     def _fail(self, job: Job, error: str) -> None:
         d = job.desired
+        if not job.tmp.exists() and not job.control.exists():
+            job.sidecar.unlink(missing_ok=True)  # nothing to resume: leave tmp/ clean
         result = EntryResult(
             d.name,
             d.path,
@@ -470,6 +869,33 @@ class Executor:
         )
         self.results[d.name] = result
         self.reporter.file_finished(result)
+
+
+def _short_body(st: DownloadStatus) -> bool:
+    """aria2 asked for the rest of a body that ended early and got no URI to take it
+    from (HTTP 416 for a range the server's own Content-Length promised)."""
+    message = st.error_message or ""
+    return st.error_code == 22 and "No URI available" in message and st.total_length > 0
+
+
+def _gzip_unasked(job: Job, upstream: Upstream | None) -> bool:
+    """aria2 asks for no encoding and stores what it gets: a server that gzips anyway
+    left the encoded bytes. A file that is gzip itself (its pinned size, or named .gz)
+    is left alone."""
+    d = job.desired
+    if d.path.endswith((".gz", ".tgz")) or not gzip_encoded(job.tmp, upstream):
+        return False
+    return d.size is None or job.tmp.stat().st_size != d.size
+
+
+def _web_page(job: Job, upstream: Upstream | None, problems: list[str]) -> bool:
+    """An HTML page where a file was expected: the pin already failed, or (unpinned) the
+    server called it text/html and it looks like one."""
+    if not problems and job.desired.pinned:
+        return False
+    if not problems and (upstream is None or upstream.content_type != "text/html"):
+        return False
+    return not job.desired.path.endswith((".html", ".htm")) and html_page(job.tmp)
 
 
 def _git_sha1_if_needed(d: Desired, path: Path) -> str | None:

@@ -74,6 +74,14 @@ def parse_rate(value: str | int) -> int:
 Rate = Annotated[int, BeforeValidator(parse_rate)]
 
 
+def parse_size(value: str | int) -> int:
+    """ "0", "50G", 1048576 → bytes (binary units), read like a rate."""
+    try:
+        return parse_rate(value)
+    except ValueError as exc:
+        raise ValueError(str(exc).replace("a rate", "a size").replace(" per second", "")) from None
+
+
 def _relative_path(what: str) -> Any:
     def check(value: str) -> str:
         if "\\" in value:
@@ -168,15 +176,24 @@ class Settings(_Strict):
     max_concurrent: int = Field(default=4, ge=1, le=64, strict=True)
     connections: int = Field(default=0, ge=0, le=16, strict=True)
     max_speed: Rate = 0
+    # a download of unknown size stops (and fails) past this many bytes; 0: no bound
+    # (a pinned size always bounds its own download)
+    max_file_size: Annotated[int, BeforeValidator(parse_size)] = 0
     mirrors: tuple[str, ...] = ()
+    # the mirrors alone first; the origin only on a miss (404, unreachable, wrong bytes)
+    mirror_first: bool = Field(default=False, strict=True)
     # [settings.aria2]: aria2 options by name, checked against tuning.py's allowlist
     # (its errors name each option: see tuning_problems in _describe)
     aria2: Annotated[Tuning, PlainValidator(parse_tuning)] = NO_TUNING
+    # how a file already on this machine is put at a target (linking.py)
+    link: LinkMode = "auto"
+    store: str | None = None  # the shared store (store.py); $MODELSYNC_STORE wins
 
 
 # "none": an entry pinned by hash alone, fetched only from mirrors (an adopted folder,
 # a private model); "hf" covers files and whole repositories (see Entry.is_repo).
 SourceKind = Literal["url", "hf", "civitai", "none"]
+LinkMode = Literal["auto", "reflink", "hardlink", "symlink", "copy"]
 DEFAULT_PRIORITY = 50
 
 
@@ -491,7 +508,14 @@ _EXPECTED: dict[str, tuple[str, str]] = {
         "connections = 8",
     ),
     "settings.max_speed": ("a rate", 'max_speed = "50M"'),
+    "settings.max_file_size": ("a size (0: no bound)", 'max_file_size = "50G"'),
     "settings.mirrors": ("a list of URLs", 'mirrors = ["https://mirror.example/"]'),
+    "settings.mirror_first": ("true or false", "mirror_first = true"),
+    "settings.link": (
+        'one of "auto", "reflink", "hardlink", "symlink", "copy"',
+        'link = "hardlink"',
+    ),
+    "settings.store": ("a folder in quotes", 'store = "~/.cache/modelsync/store"'),
     "settings": ("a table", "[settings] (one pair of brackets) above its keys"),
     "models": ("an array of tables", "[[models]] (two pairs of brackets) above each entry"),
     "[[models]]": ("a table", "[[models]] above the entry's keys"),

@@ -15,6 +15,7 @@ class ActionKind(StrEnum):
     RESUME = "resume"  # missing, a partial download is waiting in tmp/
     REPAIR = "repair"  # present with the wrong size or hash
     VERIFY = "verify"  # present, never verified (or changed since)
+    LINK = "link"  # missing or wrong, and the same bytes are already on this machine
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,15 @@ class Learned:
 
 
 @dataclass(frozen=True)
+class Donor:
+    """A file on this machine that should hold the wanted bytes (checked when used)."""
+
+    path: str  # absolute
+    where: str  # for humans: "checkpoints/old.safetensors", "the store", ...
+    size: int
+
+
+@dataclass(frozen=True)
 class Observed:
     """What inventory saw for one target path."""
 
@@ -41,6 +51,7 @@ class Observed:
     cached: CachedHashes | None = None  # stat cache hit (size, mtime, inode, device equal)
     partial_bytes: int | None = None  # bytes already in tmp/ for this path
     learned: Learned | None = None  # the learned pin of an unpinned entry, if any
+    donor: Donor | None = None  # the same bytes elsewhere on this machine
 
 
 @dataclass(frozen=True)
@@ -51,6 +62,7 @@ class Action:
     local_size: int | None = None
     partial_bytes: int | None = None
     learned: Learned | None = None  # only for an entry nothing else pins
+    donor: Donor | None = None  # LINK: where the bytes come from
 
     @property
     def expected(self) -> Desired:
@@ -66,7 +78,7 @@ class Action:
     @property
     def download_bytes(self) -> int:
         """Bytes still to fetch, as well as is known before downloading."""
-        if self.kind in (ActionKind.OK, ActionKind.VERIFY):
+        if self.kind in (ActionKind.OK, ActionKind.VERIFY, ActionKind.LINK):
             return 0
         total = self.size_guess or 0
         if self.kind is ActionKind.RESUME and self.partial_bytes:
@@ -137,6 +149,17 @@ def decide(desired: Desired, seen: Observed) -> Action:
     prefix = f"{LEARNED_CHANGED}: " if learned is not None and not desired.git_sha1 else ""
 
     def act(kind: ActionKind, reason: str = "") -> Action:
+        if kind in (ActionKind.DOWNLOAD, ActionKind.RESUME, ActionKind.REPAIR) and seen.donor:
+            why = f"{reason}; " if kind is ActionKind.REPAIR else ""
+            return Action(
+                ActionKind.LINK,
+                desired,
+                f"{why}from {seen.donor.where}",
+                seen.size,
+                seen.partial_bytes,
+                learned,
+                seen.donor,
+            )
         return Action(kind, desired, reason, seen.size, seen.partial_bytes, learned)
 
     if seen.size is None:

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
     from modelsync.commands.add import AddResult
     from modelsync.commands.doctor import Check
+    from modelsync.commands.gc import GcResult
     from modelsync.commands.import_ import ImportResult
     from modelsync.commands.lock import LockResult
     from modelsync.status import ApplyStatus
@@ -44,6 +45,7 @@ SYMBOLS = {
     "resume": (">", "cyan"),
     "repair": ("~", "yellow"),
     "verify": ("?", "blue"),
+    "link": ("&", "cyan"),
 }
 STATUS_STYLE = {
     Status.OK: "green",
@@ -623,5 +625,40 @@ def print_import_json(result: ImportResult) -> None:
                 for u in result.unresolved
             ],
             "warnings": list(result.warnings),
+        }
+    )
+
+
+def print_gc(result: GcResult) -> None:
+    for sha256, size in result.unreferenced:
+        verb = "removed" if result.removed else "unreferenced"
+        err_console.print(f"{verb}  sha256/{sha256[:2]}/{sha256}  {human_size(size)}")
+    for root in result.gone_roots:
+        err_console.print(f"forgot  {escape(str(root))} (the root no longer exists)")
+    total = sum(size for _, size in result.unreferenced)
+    if result.removed:
+        err_console.print(
+            f"GC: removed {len(result.unreferenced)} blob(s), {human_size(result.freed)} freed; "
+            f"{result.kept} kept in {escape(str(result.store))}."
+        )
+    else:
+        hint = "; run with --yes to remove them" if result.unreferenced else ""
+        err_console.print(
+            f"GC: {len(result.unreferenced)} unreferenced blob(s), {human_size(total)}{hint}; "
+            f"{result.kept} kept in {escape(str(result.store))}."
+        )
+
+
+def print_gc_json(result: GcResult) -> None:
+    write_json(
+        {
+            "schema": 1,
+            "command": "gc",
+            "store": str(result.store),
+            "removed": result.removed,
+            "unreferenced": [{"sha256": h, "size": n} for h, n in result.unreferenced],
+            "freed_bytes": result.freed,
+            "kept": result.kept,
+            "forgotten_roots": [str(r) for r in result.gone_roots],
         }
     )

@@ -26,9 +26,10 @@ from modelsync.manifest import (
     check_paths_inside,
     is_plain_file_name,
 )
-from modelsync.reconcile import Plan, Unmanaged, reconcile
+from modelsync.reconcile import ActionKind, Plan, Unmanaged, reconcile
 from modelsync.redact import host_of
 from modelsync.remote import Desired, Locator, RemoteFile, RepoListing
+from modelsync.reuse import find_donors
 from modelsync.sources import (
     SourceContext,
     list_repository,
@@ -40,6 +41,7 @@ from modelsync.sources import (
     token_over_http,
 )
 from modelsync.state import StateDB
+from modelsync.store import store_of
 
 
 @dataclass(frozen=True)
@@ -127,6 +129,9 @@ def _one_entry_per_path(targets: list[Target]) -> list[Target]:
     return out
 
 
+_FETCHING = (ActionKind.DOWNLOAD, ActionKind.RESUME, ActionKind.REPAIR)
+
+
 def _placed_by_us_prunable(
     unmanaged: tuple[Unmanaged, ...], trees: set[str], state: StateDB
 ) -> tuple[Unmanaged, ...]:
@@ -185,6 +190,7 @@ class Workspace:
         check_paths_inside(manifest, root.path)
         self.sources = SourceContext(manifest.settings, env)
         self.lock = lock if lock is not None else read_lock(manifest.lock_path)
+        self.store = store_of(manifest.settings.store, env, manifest.path.parent)
 
     def require_lock(self) -> None:
         """--locked: refuse to run unless the lock pins every selected entry as it stands.
@@ -365,7 +371,15 @@ class Workspace:
         )
         if trees and state is not None:
             unmanaged = _placed_by_us_prunable(unmanaged, trees, state)
-        return reconcile(desired, observed, unmanaged)
+        plan = reconcile(desired, observed, unmanaged)
+        # Reuse before download: only files plan would fetch are looked for (a synced
+        # root asks nothing more than its stats).
+        fetch = [a.desired for a in plan.actions if a.kind in _FETCHING]
+        donors = find_donors(fetch, self.root, state, self.store, self.env) if fetch else {}
+        if not donors:
+            return plan
+        seen = {p: replace(o, donor=donors.get(p)) for p, o in observed.items()}
+        return reconcile(desired, seen, unmanaged)
 
     def _own_files(self) -> list[str]:
         """The manifest and its lock, as paths under root when they live there."""

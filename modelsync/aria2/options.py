@@ -63,6 +63,18 @@ def _remove_stale_conf_files(session_dir: Path) -> None:
                 path.unlink()
 
 
+_SECRET_VARIABLES: Final = frozenset(
+    {
+        "HF_TOKEN",
+        "HUGGING_FACE_HUB_TOKEN",
+        "CIVITAI_TOKEN",
+        "CIVITAI_API_TOKEN",
+        "MODELSYNC_ARIA2_SECRET",
+        "COMFYUI_MANAGER_ARIA2_SECRET",
+    }
+)
+
+
 def _child_env() -> dict[str, str]:
     """aria2c's environment: ours, with upper-case proxy variables mirrored to lower case.
 
@@ -70,7 +82,10 @@ def _child_env() -> dict[str, str]:
     (lower case) while requests/huggingface_hub read both spellings; mirroring keeps
     downloads and metadata calls on the same proxy.
     """
-    env = dict(os.environ)
+    # aria2c needs no token nor RPC secret of ours in its environment (anyone who may read
+    # /proc/<pid>/environ, or a core dump, would find them there): a token travels to aria2
+    # over RPC, only as the header of a download on its own host.
+    env = {k: v for k, v in os.environ.items() if k not in _SECRET_VARIABLES}
     for name in ("http_proxy", "https_proxy", "ftp_proxy", "all_proxy", "no_proxy"):
         upper = name.upper()
         if not env.get(name) and env.get(upper):
@@ -129,7 +144,9 @@ def _default_options(max_concurrent: int, max_overall_speed: int) -> dict[str, s
         "allow-overwrite": "true",
         "auto-file-renaming": "false",
         "always-resume": "true",
-        "auto-save-interval": "10",
+        # a kill -9 or OOM of aria2c loses at most 1 s of download: the control file
+        # (a few KiB) is what the restarted daemon resumes from
+        "auto-save-interval": "1",
         # write received bytes straight to the file, so that a piece aria2 reports as
         # complete can be read back and hashed while the rest is still downloading
         "disk-cache": "0",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -58,7 +59,7 @@ def root_lock(ws: Workspace, timeout: float, on_wait: Callable[[], None]) -> Ite
     lock = filelock.FileLock(ws.layout.lock)
     try:
         lock.acquire(timeout=0)
-    except filelock.Timeout:
+    except filelock.Timeout:  # (a TimeoutError, so an OSError: caught first)
         on_wait()
         try:
             lock.acquire(timeout=timeout)
@@ -67,6 +68,13 @@ def root_lock(ws: Workspace, timeout: float, on_wait: Callable[[], None]) -> Ite
                 f"another modelsync apply is still working on {ws.root} after {timeout:.0f}s",
                 "wait for it to finish, or raise --lock-timeout",
             ) from None
+    except OSError as exc:  # a read-only root (remounted, a read-only bind mount)
+        raise ModelsyncError(
+            f"cannot use {ws.root} as the models folder: cannot write "
+            f"{exc.filename or ws.layout.lock}: {exc.strerror or exc}",
+            "check --root / settings.root: it must be a folder you can write to "
+            "(a read-only mount cannot take downloads)",
+        ) from None
     try:
         yield
     finally:
@@ -118,14 +126,40 @@ def open_daemon(
     wait_for_orphan_daemon(ws.layout)
     tuning = ws.manifest.settings.aria2.global_only  # an attached daemon keeps its own
     _check_ca_certificate(ws, tuning.get("ca-certificate"))
-    daemon = Aria2Daemon.spawn(
-        max_concurrent=max_concurrent,
-        max_overall_speed=max_speed,
-        session_dir=ws.layout.own,
-        extra_options=tuning,
-    )
-    ws.layout.daemon_pid.write_text(str(daemon.pid))
+    try:
+        daemon = Aria2Daemon.spawn(
+            max_concurrent=max_concurrent,
+            max_overall_speed=max_speed,
+            session_dir=ws.layout.own,
+            extra_options=tuning,
+        )
+    except OSError as exc:  # its private config file, in .modelsync/
+        raise _cannot_write_own(ws, exc) from None
+    try:
+        ws.layout.daemon_pid.write_text(str(daemon.pid))
+    except OSError as exc:
+        daemon.close()
+        raise _cannot_write_own(ws, exc) from None
     return daemon
+
+
+def _cannot_write_own(ws: Workspace, exc: OSError) -> ModelsyncError:
+    """A disk so full (or so broken) that modelsync cannot write its own small files:
+    nothing could be downloaded either (exit 2, nothing done)."""
+    from modelsync.placement import mount_of
+
+    if exc.errno == errno.ENOSPC:
+        return ModelsyncError(
+            f"no space left on {mount_of(ws.root)}: modelsync cannot even write its own "
+            f"files in {ws.layout.own}",
+            "free some space and run apply again",
+            exit_code=EXIT_USAGE,
+        )
+    return ModelsyncError(
+        f"cannot write in {ws.layout.own}: {exc.strerror or exc}",
+        "check the folder's owner, mode and free space",
+        exit_code=EXIT_USAGE,
+    )
 
 
 def _check_ca_certificate(ws: Workspace, path: str | None) -> None:
@@ -177,6 +211,8 @@ def _run_apply(
             events.watch(MetricsFile(request.metrics_file))
         targets = ws.targets()
         events.resolved(targets, ws.env)
+        if ws.store is not None:  # gc keeps what a registered root holds
+            ws.store.register(ws.root)
         with StateDB.open(ws.root, create=True) as state:
             plan = ws.plan(targets, state)
             events.planned(plan)
@@ -238,6 +274,9 @@ def _execute(
             stall_timeout=request.stall_timeout,
             tuning=settings.aria2,
             max_file_size=settings.max_file_size,
+            link=settings.link,
+            store=ws.store,
+            mirror_first=settings.mirror_first,
         ),
         reporter=reporter,
         secrets=_secrets(ws, request),

@@ -41,9 +41,17 @@ max_concurrent = 4          # files downloading at once (1-64)
 connections = 0             # connections per file (0-16); 0 = by size, one per 8 MiB
 max_speed = "0"             # overall download limit: "0" (none), "500K", "50M", "1G"
 max_file_size = "0"         # stop a download of unknown size past this: "0" (none), "100G"
-# Content-addressed mirrors tried beside each source; {{sha256}} is the file's pin,
-# e.g. ["http://cache.lan/sha256/{{sha256}}"]
+# Content-addressed mirrors tried beside each source; {{sha256}} is the file's pin
+# ({{xxh3_128}}, {{filename}} and {{name}} work too), e.g. ["http://cache.lan/sha256/{{sha256}}"]
 mirrors = []
+mirror_first = false        # true: ask the mirrors alone first, the source only on a miss
+# A file already on this machine (elsewhere under root, in the store, in the Hugging Face
+# cache) is reused, not downloaded: "auto" (reflink, else hardlink, else copy),
+# "reflink", "hardlink", "copy", or "symlink"
+link = "auto"
+## One copy per machine for every root: downloads are also kept in this content-addressed
+## store (relative to this file; $MODELSYNC_STORE wins); `modelsync gc` cleans it.
+# store = "~/.cache/modelsync/store"
 
 ## aria2 tuning, passed to the aria2c that modelsync runs. modelsync sets split,
 ## connections and the RPC secret itself: use `connections` (here or per entry).

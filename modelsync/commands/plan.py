@@ -21,7 +21,8 @@ def plan_report(ws: Workspace, targets: list[Target], plan: Plan, started: float
         detail = action.reason
         if status is Status.OK and not d.vouched:  # in place, but nothing vouches for it
             status, detail = Status.UNPINNED, UNPINNED_HINT
-        size = d.size if d.size is not None else (action.local_size or d.estimated_size)
+        donor = action.donor.size if action.donor else None
+        size = d.size if d.size is not None else (action.local_size or d.estimated_size or donor)
         entries.append(EntryResult(d.name, d.path, action.kind.value, status, size, detail=detail))
     order = {t.name: i for i, t in enumerate(targets)}
     entries.sort(key=lambda e: order[e.name])

@@ -14,14 +14,20 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, NoReturn
-from urllib.parse import parse_qs, urljoin, urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from modelsync.errors import SourceError, SourceUnreachable
 from modelsync.manifest import Entry
 from modelsync.redact import host_of
 from modelsync.remote import RemoteFile
-from modelsync.sources.http import bearer, checked_endpoint, error_kind, origin
-from modelsync.sources.url import mirror_urls
+from modelsync.sources.http import (
+    bearer,
+    checked_endpoint,
+    error_kind,
+    origin,
+    redirect_target,
+)
+from modelsync.sources.url import entry_mirrors
 
 if TYPE_CHECKING:
     import requests
@@ -32,6 +38,7 @@ CIVITAI = "https://civitai.com"
 CIVITAI_HOSTS = frozenset({"civitai.com", "www.civitai.com"})
 KEYS_PAGE = "https://civitai.com/user/account"
 MAX_HOPS = 5
+_MAX_SIZE_KB = 1 << 40  # a PiB: no model file is larger
 _REDIRECTS = {301, 302, 303, 307, 308}
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _ID = re.compile(r"[1-9][0-9]*")
@@ -122,15 +129,29 @@ def resolve(entry: Entry, ctx: SourceContext) -> RemoteFile:
     published = str((hashes or {}).get("SHA256") or "").lower()
     sha256 = published if _SHA256.fullmatch(published) else None
     size_kb = f.get("sizeKB")
-    size = round(size_kb * 1024) if isinstance(size_kb, (int, float)) and size_kb > 0 else None
+    # An estimate: any number the API sends (Python's json reads Infinity and NaN too)
+    # that is not a plausible size is no estimate at all.
+    size = None
+    if isinstance(size_kb, (int, float)) and 0 < size_kb < _MAX_SIZE_KB:
+        size = round(size_kb * 1024)
     download = f.get("downloadUrl") or version.get("downloadUrl")
     if not isinstance(download, str) or not download:
         download = f"{endpoint(ctx.env)}/api/download/models/{ref.version_id}"
-    download = urljoin(endpoint(ctx.env) + "/", download)
-    templates = mirror_urls(ctx.settings.mirrors, entry.sha256 or sha256, entry.xxh3_128)
+    checked = redirect_target(endpoint(ctx.env) + "/", download)
+    if checked is None:
+        _fail(
+            ctx,
+            f"{entry.display_name}: Civitai's download link for model version "
+            f"{ref.version_id} is not an http(s) URL",
+            "check CIVITAI_ENDPOINT" if endpoint(ctx.env) != CIVITAI else "try again later",
+        )
+    download = checked
+    filename = name or entry.filename or f"civitai-{ref.version_id}"
+    mirrors = entry_mirrors(entry, ctx.settings, filename=filename, sha256=sha256)
     return RemoteFile(
-        urls=tuple(dict.fromkeys([download, *entry.mirrors, *templates])),
-        filename=name or entry.filename or f"civitai-{ref.version_id}",
+        urls=tuple(dict.fromkeys([download, *mirrors])),
+        mirrors=tuple(m for m in mirrors if m != download),
+        filename=filename,
         size=size,
         sha256=sha256,
         size_is_exact=False,
@@ -160,8 +181,12 @@ def locate(entry: Entry, ctx: SourceContext, resolved: RemoteFile) -> RemoteFile
                 content_type = response.headers.get("Content-Type", "").lower()
         except requests.RequestException as exc:
             _unreachable(entry, ctx, url, exc)
+        except ValueError:  # requests could not even parse the Location it was sent
+            _bad_redirect(entry, ctx, ref, url)
         if status in _REDIRECTS and location:
-            target = urljoin(url, location)
+            target = redirect_target(url, location)
+            if target is None:
+                _bad_redirect(entry, ctx, ref, url)
             if urlsplit(target).path.rstrip("/").endswith("/login"):
                 _auth_error(entry, ctx, ref)
             if origin(target)[1] != origin(url)[1]:
@@ -371,6 +396,15 @@ def _pick_file(
             f"its files: {names}",
         )
     return chosen[0]
+
+
+def _bad_redirect(entry: Entry, ctx: SourceContext, ref: CivitaiRef, url: str) -> NoReturn:
+    _fail(
+        ctx,
+        f"{entry.display_name}: {host_of(url)} redirected the download of model version "
+        f"{ref.version_id} to something that is not an http(s) URL",
+        "try again later; if it persists, the download link is broken",
+    )
 
 
 def _auth_error(entry: Entry, ctx: SourceContext, ref: CivitaiRef) -> NoReturn:

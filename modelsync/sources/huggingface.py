@@ -17,8 +17,8 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import PurePosixPath
-from typing import TYPE_CHECKING, Literal, NoReturn, TypeVar
-from urllib.parse import unquote, urljoin, urlsplit
+from typing import TYPE_CHECKING, Any, Literal, NoReturn, TypeGuard, TypeVar
+from urllib.parse import unquote, urlsplit
 
 # huggingface_hub pings its endpoint for telemetry on first use; a sync tool must not make
 # requests nobody asked for (it reads this at import, so set it before any import of it).
@@ -28,8 +28,14 @@ from modelsync.errors import SourceError, SourceUnreachable
 from modelsync.manifest import Entry
 from modelsync.redact import host_of, redact_urls
 from modelsync.remote import RemoteFile, RepoFile, RepoListing
-from modelsync.sources.http import bearer, checked_endpoint, origin, same_origin
-from modelsync.sources.url import mirror_urls
+from modelsync.sources.http import (
+    bearer,
+    checked_endpoint,
+    origin,
+    redirect_target,
+    same_origin,
+)
+from modelsync.sources.url import entry_mirrors
 
 if TYPE_CHECKING:
     from huggingface_hub import HfFileMetadata
@@ -42,6 +48,7 @@ RepoType = Literal["model", "dataset", "space"]
 _PREFIXES: dict[str, RepoType] = {"datasets": "dataset", "spaces": "space"}
 _FILE_LINKS = ("resolve", "blob", "raw")  # /blob/ is the page of a file, /raw/ its git blob
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+_COMMIT = re.compile(r"[0-9a-fA-F]{40}")  # a git object id: a commit, a blob
 T = TypeVar("T")
 
 
@@ -171,11 +178,13 @@ def resolve(entry: Entry, ctx: SourceContext) -> RemoteFile:
     etag = (meta.etag or "").lower()
     sha256 = etag if _SHA256.fullmatch(etag) else None  # else a git sha1: not a sha256
     pinned_url = ref.url(hub, commit or ref.revision)
-    templates = mirror_urls(ctx.settings.mirrors, entry.sha256 or sha256, entry.xxh3_128)
+    filename = PurePosixPath(ref.path).name
+    mirrors = entry_mirrors(entry, ctx.settings, filename=filename, sha256=sha256)
     resolved = RemoteFile(
-        urls=tuple(dict.fromkeys([pinned_url, *entry.mirrors, *templates])),
-        filename=PurePosixPath(ref.path).name,
-        size=meta.size,
+        urls=tuple(dict.fromkeys([pinned_url, *mirrors])),
+        mirrors=tuple(m for m in mirrors if m != pinned_url),
+        filename=filename,
+        size=meta.size if _is_size(meta.size) else None,  # a server that is not the Hub
         sha256=sha256,
         commit=commit,
     )
@@ -194,7 +203,12 @@ def locate(entry: Entry, ctx: SourceContext, resolved: RemoteFile) -> RemoteFile
 
 def _located(resolved: RemoteFile, location: str, tok: str | None) -> RemoteFile:
     hub_url, mirrors = resolved.urls[0], resolved.urls[1:]
-    location = urljoin(hub_url, location)
+    target = redirect_target(hub_url, location)
+    if target is None:  # a server that is not the Hub, or a broken answer
+        raise SourceError(
+            f"{host_of(hub_url)} sent {resolved.filename} to no http(s) URL", "try again later"
+        )
+    location = target
     if not same_origin(location, hub_url):
         # A CDN (signed URL): aria2 gets it with no Authorization header at all.
         return replace(resolved, urls=(location, *mirrors), headers=())
@@ -320,27 +334,44 @@ def list_repo(entry: Entry, ctx: SourceContext) -> RepoListing:
             timeout=ctx.timeout,
         ),
     )
-    siblings = list(
+    listed = [_listed_file(sib) for sib in getattr(info, "siblings", None) or []]
+    if not isinstance(info.sha, str) or not _COMMIT.fullmatch(info.sha) or None in listed:
+        # A server that is not the Hub (a wrong HF_ENDPOINT), or a broken answer.
+        raise SourceError(
+            f"{entry.display_name}: {host_of(hub)} did not answer with a repository listing "
+            f"(a commit and each file's path and size) for {ref.repo_path}",
+            "try again later" + (f"; check HF_ENDPOINT ({redact_urls(hub)})" if hub != HUB else ""),
+        )
+    files = list(
         filter_repo_objects(
-            getattr(info, "siblings", None) or [],
+            [f for f in listed if f is not None],
             allow_patterns=list(entry.include) or None,
             ignore_patterns=list(entry.exclude) or None,
-            key=lambda s: s.rfilename,
+            key=lambda f: f.path,
         )
     )
-    files = []
-    for sib in siblings:
-        lfs = sib.lfs
-        sha256 = lfs.sha256.lower() if lfs is not None and lfs.sha256 else None
-        size = lfs.size if lfs is not None else sib.size
-        blob = (sib.blob_id or "").lower() if lfs is None else None
-        files.append(RepoFile(sib.rfilename, size or 0, sha256, git_sha1=blob or None))
-    if info.sha is None:
-        raise SourceError(
-            f"{entry.display_name}: {host_of(hub)} gave no commit for {ref.repo_path}",
-            "try again later",
-        )
-    return RepoListing(info.sha, tuple(sorted(files, key=lambda f: f.path)))
+    return RepoListing(info.sha.lower(), tuple(sorted(files, key=lambda f: f.path)))
+
+
+def _listed_file(sibling: Any) -> RepoFile | None:
+    """One file of the Hub's listing, its published hashes kept only when well formed;
+    None when it has no path or no size."""
+    path, lfs = getattr(sibling, "rfilename", None), getattr(sibling, "lfs", None)
+    size = getattr(lfs if lfs is not None else sibling, "size", None)
+    if not isinstance(path, str) or not path or not _is_size(size):
+        return None
+    sha256 = str(getattr(lfs, "sha256", None) or "").lower() if lfs is not None else ""
+    blob = str(getattr(sibling, "blob_id", None) or "").lower() if lfs is None else ""
+    return RepoFile(
+        path,
+        size,
+        sha256 if _SHA256.fullmatch(sha256) else None,
+        git_sha1=blob if _COMMIT.fullmatch(blob) else None,
+    )
+
+
+def _is_size(value: Any) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _call_hub(
@@ -368,4 +399,12 @@ def _call_hub(
             "check the network connection and proxy settings"
             + (f", and HF_ENDPOINT ({redact_urls(hub)})" if hub != HUB else ""),
             host=host_of(hub),
+        ) from None
+    except (KeyError, TypeError, ValueError, AttributeError):
+        # huggingface_hub reading an answer that is not the Hub's (fields missing or of
+        # another type, a date that is not one): the server's fault, not a crash of ours
+        raise SourceError(
+            f"{entry.display_name}: {host_of(hub)} answered for {ref.repo_path} with a "
+            "document that is not the Hub's",
+            "try again later" + (f"; check HF_ENDPOINT ({redact_urls(hub)})" if hub != HUB else ""),
         ) from None

@@ -169,7 +169,8 @@ def test_json_error_lists_the_manifest_problems(tmp_path: Path, command: str) ->
         "key": "settings.extra",
         "line": 13,
         "message": "[settings]: unknown key 'extra' "
-        "(known keys: root, max_concurrent, connections, max_speed, mirrors, aria2)",
+        "(known keys: root, max_concurrent, connections, max_speed, max_file_size, mirrors, "
+        "mirror_first, aria2, link, store)",
     }
     assert [tags, unknown] == [
         {

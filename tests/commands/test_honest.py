@@ -89,7 +89,9 @@ def test_offline_plan_of_entries_pinned_by_sha256_and_size(tmp_path: Path) -> No
     }
     pins = {"sha256": sha256, "size": len(data)}
     hf = {"hf": "org/sdxl", "file": "unet/model.safetensors", "dir": "unet", **pins}
-    named_civitai = {"civitai": 11, "filename": "lora.safetensors", "dir": "loras", **pins}
+    other = blob(20_000, seed=23)  # other bytes: not reusable from the file placed below
+    other_pins = {"sha256": hashlib.sha256(other).hexdigest(), "size": len(other)}
+    named_civitai = {"civitai": 11, "filename": "lora.safetensors", "dir": "loras", **other_pins}
     civitai = {"civitai": 12, "dir": "loras", **pins}  # its file name: only Civitai knows it
     manifest = write_manifest(tmp_path / "models.toml", [hf, named_civitai, civitai])
 

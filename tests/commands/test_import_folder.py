@@ -100,7 +100,9 @@ def test_adopt_then_apply_reproduces_the_folder(
     assert tree(fresh) == tree(models)
     assert {r.path.rpartition("/")[2] for r in fileserver.requests} == {sha(MINE), sha(CONFIG)}
     assert any(r.path.endswith("/civ.safetensors") for r in civitai.cdn.requests)
-    assert hub.cdn.requests  # flux.safetensors came from the Hub's CDN
+    # flux.safetensors is in this machine's Hugging Face cache: reused, not downloaded
+    assert "linked  diffusion_models/flux.safetensors" in run.stderr
+    assert hub.cdn.requests == []
 
 
 def test_offline_import_asks_civitai_nothing(

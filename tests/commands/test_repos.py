@@ -187,8 +187,9 @@ def test_only_selects_the_whole_repository(tmp_path: Path, hub: FakeHub) -> None
     assert sorted(by_path(doc)) == [f"sdxl/{p}" for p in SELECTED]
     assert not (tmp_path / "models" / "other").exists()
     plan = run_json("plan", manifest, e)
-    assert {x["path"] for x in plan["entries"] if x["action"] == "download"} == {
-        "other/w.safetensors"
+    # (its bytes are sdxl's text encoder's: reused from there, not downloaded)
+    assert {x["path"]: x["action"] for x in plan["entries"] if x["action"] != "ok"} == {
+        "other/w.safetensors": "link"
     }
 
 
