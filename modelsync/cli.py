@@ -565,6 +565,61 @@ def status(
         ui.print_status(result)
 
 
+mirror_app = typer.Typer(
+    no_args_is_help=True,  # `modelsync mirror` alone: its help, exit 2 (a usage error)
+    help="Serve this machine's verified files to other machines.",
+    epilog=_epilog("modelsync mirror export models.toml /srv/mirror"),
+    rich_markup_mode=None,
+)
+app.add_typer(mirror_app, name="mirror")
+
+
+class LinkChoice(StrEnum):
+    auto = "auto"
+    hardlink = "hardlink"
+    copy = "copy"
+
+
+@mirror_app.command(
+    "export", epilog=_epilog("modelsync mirror export models.toml /srv/mirror --root /models")
+)
+def mirror_export(
+    manifest: ManifestArg,
+    dest: Annotated[
+        Path,
+        typer.Argument(
+            metavar="DIR",
+            help="The tree to fill: DIR/sha256/<sha256> and DIR/index.json (created if missing).",
+        ),
+    ],
+    root: RootOpt = None,
+    only: OnlyOpt = None,
+    link: Annotated[
+        LinkChoice,
+        typer.Option(
+            "--link",
+            metavar="auto|hardlink|copy",
+            help="auto: a hardlink on the same filesystem, else a copy.",
+        ),
+    ] = LinkChoice.auto,
+    verify: Annotated[
+        bool, typer.Option("--verify", help="Hash the blobs already in DIR too.")
+    ] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Copy every verified file of the manifest into a content-addressed tree that any
+    static server, CDN or bucket serves as a {sha256} mirror; only new blobs are written."""
+    from modelsync.commands.mirror import run_export
+
+    ws = open_workspace(manifest, root, only, announce=not json_out)
+    result = run_export(ws, dest, link=link.value, verify=verify)
+    if json_out:
+        ui.print_export_json(result)
+    else:
+        ui.print_export(result)
+    raise typer.Exit(result.exit_code)
+
+
 @app.command(epilog=_epilog("modelsync version"))
 def version() -> None:
     """Print modelsync's version."""
@@ -715,7 +770,7 @@ def _command_of(args: list[str]) -> str | None:
     """The subcommand named in `args`: the first word that is not an option."""
     names = {
         info.name or getattr(info.callback, "__name__", "") for info in app.registered_commands
-    }
+    } | {info.name for info in app.registered_groups if info.name}  # `mirror`
     first = next((a for a in args if not a.startswith("-")), None)
     return first if first in names else None
 

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from modelsync.commands.gc import GcResult
     from modelsync.commands.import_ import ImportResult
     from modelsync.commands.lock import LockResult
+    from modelsync.commands.mirror import ExportResult
     from modelsync.status import ApplyStatus
 
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -660,5 +661,66 @@ def print_gc_json(result: GcResult) -> None:
             "freed_bytes": result.freed,
             "kept": result.kept,
             "forgotten_roots": [str(r) for r in result.gone_roots],
+        }
+    )
+
+
+EXPORT_STYLE = {"written": "cyan", "present": "green", "unpinned": "yellow"}
+
+
+def print_export(result: ExportResult) -> None:
+    """mirror export: the blobs written and every problem (present ones are counted)."""
+    rows: list[list[Segment]] = []
+    for f in result.files:
+        if f.status == "present":
+            continue
+        style = EXPORT_STYLE.get(f.status, "red")
+        what = f.path or f.name
+        if f.status == "written":  # the blob's name is in index.json: its start will do
+            what += f"  sha256/{(f.sha256 or '')[:16]}…  {human_size(f.size)} ({f.how})"
+        rows.append([(f"{f.status:>10}", style), (what, "")])
+        if f.error:
+            rows.append([("", ""), (f.error, "dim" if f.status == "unpinned" else "red")])
+    write_lines(rows)
+    for warning in result.warnings:
+        err_console.print(f"[yellow]warning:[/] {escape(warning)}")
+    counts = [f"{result.count('written')} written ({human_size(result.written_bytes)})"]
+    counts.append(f"{result.count('present')} already there")
+    counts += [f"{result.count(s)} {s}" for s in ("missing", "corrupt", "failed", "unpinned")]
+    shown = [c for c in counts[2:] if not c.startswith("0 ")]
+    err_console.print(
+        f"Export: {', '.join(counts[:2] + shown)} in {escape(str(result.dest))} "
+        f"({result.elapsed:.1f}s); index: {escape(str(result.index))}"
+    )
+
+
+def print_export_json(result: ExportResult) -> None:
+    counts = ("written", "present", "missing", "corrupt", "failed", "unpinned")
+    write_json(
+        {
+            "schema": 1,
+            "command": "mirror export",
+            "root": str(result.root),
+            "dir": str(result.dest),
+            "index": str(result.index),
+            "entries": [
+                {
+                    "name": f.name,
+                    "path": f.path,
+                    "status": f.status,
+                    "size": f.size,
+                    "sha256": f.sha256,
+                    "xxh3_128": f.xxh3_128,
+                    "how": f.how,
+                    "error": f.error,
+                    **({"optional": True} if f.optional else {}),
+                }
+                for f in result.files
+            ],
+            "totals": {
+                **{s: result.count(s) for s in counts},
+                "written_bytes": result.written_bytes,
+            },
+            "warnings": list(result.warnings),
         }
     )

@@ -24,8 +24,8 @@ import errno
 import hashlib
 import json
 import os
+import stat
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -193,7 +193,12 @@ def _verified_files(
             st = os.stat(path)
         except (FileNotFoundError, NotADirectoryError):
             results[t.name] = ExportedFile(
-                t.name, d.path, "missing", d.size, error="not in root", optional=optional
+                t.name,
+                d.path,
+                "missing",
+                d.size,
+                error="not in root (run `modelsync apply` first)",
+                optional=optional,
             )
             continue
         if d.size is not None and st.st_size != d.size:
@@ -223,7 +228,12 @@ def _verified_files(
         wrong = hash_mismatches(d, outcome.sha256, outcome.xxh3_128)
         if wrong:
             results[name] = ExportedFile(
-                name, d.path, "corrupt", st.st_size, error="; ".join(wrong), optional=t.entry.optional
+                name,
+                d.path,
+                "corrupt",
+                st.st_size,
+                error="; ".join(wrong),
+                optional=t.entry.optional,
             )
             continue
         item = out.setdefault(
@@ -313,8 +323,6 @@ def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
 
 
 def _is_file(st: os.stat_result) -> bool:
-    import stat
-
     return stat.S_ISREG(st.st_mode)
 
 
@@ -384,11 +392,13 @@ def _kept(old: object, dest: Path) -> list[dict[str, Any]]:
     """Entries of an earlier index that are well formed and whose blob is still there."""
     if not isinstance(old, list):
         return []
-    ok: Callable[[Any], bool] = lambda e: (  # noqa: E731
-        isinstance(e, dict)
-        and all(isinstance(e.get(k), str) for k in ("name", "path", "sha256"))
-        and len(e["sha256"]) == 64
-        and all(c in "0123456789abcdef" for c in e["sha256"])
-        and (dest / BLOBS / e["sha256"]).is_file()
-    )
-    return [e for e in old if ok(e)]
+    return [e for e in old if _well_formed(e) and (dest / BLOBS / e["sha256"]).is_file()]
+
+
+def _well_formed(e: object) -> bool:
+    if not isinstance(e, dict):
+        return False
+    if not all(isinstance(e.get(k), str) for k in ("name", "path", "sha256")):
+        return False
+    sha = e["sha256"]
+    return len(sha) == 64 and all(c in "0123456789abcdef" for c in sha)
