@@ -1,9 +1,9 @@
 """Run every benchmark (SPEC §7) and print their tables: `make bench`.
 
-    python benchmarks/run_all.py [--only hash,noop,download] [--repeat N]
+    python benchmarks/run_all.py [--only hash,noop,download,fleet] [--repeat N]
                                  [--size-mib 1024] [--hash-size-mib 1024] [--files 10000]
                                  [--hash-args "..."] [--noop-args "..."]
-                                 [--download-args "..."] [--save FILE]
+                                 [--download-args "..."] [--fleet-args "..."] [--save FILE]
 
 Runs, one after the other, each in its own process (so that one's page cache, threads
 and children never overlap another's timing):
@@ -11,13 +11,16 @@ and children never overlap another's timing):
   bench_hash.py      sha256 + xxh3_128 in one pass vs hashlib sha256 alone
   bench_noop.py      no-op plan/apply on 10,000 synced files: time, RSS, no reads
   bench_download.py  1 GiB through nginx: capped (vs curl) and loopback (vs aria2c)
+  bench_fleet.py     8 machines: from a capped origin alone, or the origin once and then
+                     an exported mirror (origin bytes / set size; about 1 minute)
 
 Their output streams through as it comes; a summary of the verdict lines follows.
-`--repeat`, `--size-mib` (download), `--hash-size-mib`, `--files` (noop) are passed on;
-anything else goes through `--<name>-args "..."`, e.g. `--download-args "--hf --rate 8m"`.
+`--repeat` (fleet runs once), `--size-mib` (download), `--hash-size-mib`, `--files` (noop)
+are passed on; anything else goes through `--<name>-args "..."`, e.g.
+`--download-args "--hf --rate 8m"`.
 bench_hash gets `--buffer-sizes 1,4` unless --hash-args names buffer sizes itself.
 `--save FILE` also writes everything as Markdown (machine, commit, each output).
-With the defaults the whole run takes about 5-8 minutes on a 2-core machine, most of it
+With the defaults the whole run takes about 6-9 minutes on a 2-core machine, most of it
 curl's single connection on the capped server (1 GiB at 16 MiB/s: 64 s) and, today,
 the no-op plan.
 Exit status: 0 when every target is met, 1 when one is not, 2 when a benchmark failed.
@@ -42,7 +45,7 @@ from benchmarks.common import REPO, machine
 HERE = Path(__file__).resolve().parent
 # Shorter than the scripts' own defaults: the default hashing buffer (1 MiB) and one more.
 DEFAULT_ARGS = {"hash": ["--buffer-sizes", "1,4"]}
-ORDER = ("hash", "noop", "download")
+ORDER = ("hash", "noop", "download", "fleet")
 # A line of a benchmark's output that says whether a target is met.
 VERDICT_WORDS = ("targets met:", "target >=", "SKIPPED")
 MISSED = re.compile(r"\sNO(\s|$)")  # a table row whose target is not met
@@ -92,7 +95,9 @@ def run(name: str, argv: list[str]) -> tuple[int, str, float]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--only", default=",".join(ORDER), help="comma-separated: hash,noop,download")
+    ap.add_argument(
+        "--only", default=",".join(ORDER), help="comma-separated: hash,noop,download,fleet"
+    )
     ap.add_argument("--repeat", type=int, help="best of N, for every benchmark (each's default)")
     ap.add_argument("--size-mib", type=int, help="bench_download file size (1024)")
     ap.add_argument("--hash-size-mib", type=int, help="bench_hash file size (1024)")
@@ -112,7 +117,8 @@ def main() -> int:
             argv[name] = defaults + argv[name]
     if args.repeat is not None:
         for n in ORDER:
-            argv[n] += ["--repeat", str(args.repeat)]
+            if n != "fleet":  # one run: its numbers are bytes, and the caps set its times
+                argv[n] += ["--repeat", str(args.repeat)]
     if args.size_mib is not None:
         argv["download"] += ["--size-mib", str(args.size_mib)]
     if args.hash_size_mib is not None:
