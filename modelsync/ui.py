@@ -665,7 +665,7 @@ def print_gc_json(result: GcResult) -> None:
     )
 
 
-EXPORT_STYLE = {"written": "cyan", "present": "green", "unpinned": "yellow"}
+EXPORT_STYLE = {"written": "cyan", "present": "green", "unpinned": "yellow", "skipped": "dim"}
 
 
 def print_export(result: ExportResult) -> None:
@@ -680,13 +680,15 @@ def print_export(result: ExportResult) -> None:
             what += f"  sha256/{(f.sha256 or '')[:16]}…  {human_size(f.size)} ({f.how})"
         rows.append([(f"{f.status:>10}", style), (what, "")])
         if f.error:
-            rows.append([("", ""), (f.error, "dim" if f.status == "unpinned" else "red")])
+            quiet = f.status in ("unpinned", "skipped")
+            rows.append([("", ""), (f.error, "dim" if quiet else "red")])
     write_lines(rows)
     for warning in result.warnings:
         err_console.print(f"[yellow]warning:[/] {escape(warning)}")
     counts = [f"{result.count('written')} written ({human_size(result.written_bytes)})"]
     counts.append(f"{result.count('present')} already there")
-    counts += [f"{result.count(s)} {s}" for s in ("missing", "corrupt", "failed", "unpinned")]
+    bad = ("missing", "corrupt", "failed", "unpinned", "skipped")
+    counts += [f"{result.count(s)} {s}" for s in bad]
     shown = [c for c in counts[2:] if not c.startswith("0 ")]
     err_console.print(
         f"Export: {', '.join(counts[:2] + shown)} in {escape(str(result.dest))} "
@@ -695,7 +697,7 @@ def print_export(result: ExportResult) -> None:
 
 
 def print_export_json(result: ExportResult) -> None:
-    counts = ("written", "present", "missing", "corrupt", "failed", "unpinned")
+    counts = ("written", "present", "missing", "corrupt", "failed", "unpinned", "skipped")
     write_json(
         {
             "schema": 1,

@@ -51,8 +51,9 @@ BAD = ("missing", "corrupt", "failed")
 @dataclass(frozen=True)
 class ExportedFile:
     """One file of the manifest: `status` is "written", "present" (the blob was there),
-    "missing", "corrupt", "failed" or "unpinned" (nothing to check it against: not
-    exported, since no mirror is ever asked for an unpinned file)."""
+    "missing", "corrupt", "failed", "unpinned" (nothing to check it against) or "skipped"
+    (a Hub file kept in git, pinned by its git blob id alone). The last two are not
+    exported, and not failures: no mirror is ever asked for a file without a hash pin."""
 
     name: str
     path: str | None
@@ -172,6 +173,17 @@ def _with_target(outcome: ExportedFile, t: Target) -> ExportedFile:
     )
 
 
+def _not_pinned(name: str, d: Desired) -> ExportedFile:
+    if d.git_sha1:
+        why = (
+            "kept in git on the Hub (pinned by its git blob id, no sha256): "
+            "no mirror is asked for it; not exported"
+        )
+        return ExportedFile(name, d.path, "skipped", error=why)
+    hint = "no hash pinned: run `modelsync lock` to pin it (not exported)"
+    return ExportedFile(name, d.path, "unpinned", error=hint)
+
+
 def _verified_files(
     ws: Workspace, targets: list[Target], results: dict[str, ExportedFile]
 ) -> dict[str, _Verified]:
@@ -185,8 +197,7 @@ def _verified_files(
             continue
         d = t.desired
         if not d.pinned:
-            hint = "no hash pinned: run `modelsync lock` to pin it (not exported)"
-            results[t.name] = ExportedFile(t.name, d.path, "unpinned", error=hint)
+            results[t.name] = _not_pinned(t.name, d)
             continue
         path = ws.layout.target(d.path)
         try:

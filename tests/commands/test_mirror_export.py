@@ -13,6 +13,7 @@ import pytest
 
 from tests.clirun import Run, modelsync
 from tests.conftest import blob, serve, write_manifest
+from tests.servers import FakeHub
 from tests.servers.fileserver import FileServer
 
 MIB = 1 << 20
@@ -240,3 +241,24 @@ def test_a_usage_error_under_json_is_a_json_document(tmp_path: Path) -> None:
     assert "missing.toml" in doc["error"]["message"]
     assert not (tmp_path / "out").exists()
     assert os.listdir(tmp_path) == []
+
+
+def test_a_repository_entry_exports_each_file_the_lock_pins(tmp_path: Path) -> None:
+    weights, config = blob(2 * MIB, seed=5), b'{"_class_name": "UNet"}\n'
+    with FakeHub() as hub:
+        hub.lfs_threshold = 1024  # config.json stays in git: pinned by its git blob id
+        hub.add_repo("org/sdxl", {"unet/model.safetensors": weights, "unet/config.json": config})
+        env = {"HF_ENDPOINT": hub.url, "HF_HOME": str(tmp_path / "hf-home"), "HF_TOKEN": ""}
+        manifest = write_manifest(tmp_path / "models.toml", [{"hf": "org/sdxl"}])
+        assert modelsync("apply", manifest, "--no-progress", env=env).code == 0
+        assert modelsync("lock", manifest, "--no-progress", env=env).code == 0
+    # the Hub is gone: the lock alone says what each file is
+    run = modelsync("mirror", "export", manifest, tmp_path / "mirror", "--json", env=env)
+    assert run.code == 0, run.stderr
+    doc = json.loads(run.stdout)
+    assert {e["path"]: e["status"] for e in doc["entries"]} == {
+        "sdxl/unet/config.json": "skipped",  # no sha256 to be asked for from a mirror
+        "sdxl/unet/model.safetensors": "written",
+    }
+    assert [p.name for p in (tmp_path / "mirror/sha256").iterdir()] == [sha(weights)]
+    assert (tmp_path / "mirror/sha256" / sha(weights)).read_bytes() == weights
