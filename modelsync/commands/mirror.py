@@ -302,6 +302,11 @@ def _write(item: _Verified, tmp: Path, link: LinkChoice) -> str:
             os.link(item.source, tmp)
             how = "hardlink"
         except OSError as exc:
+            if link == "hardlink" and exc.errno in _NO_LINK:
+                why = "another filesystem" if exc.errno == errno.EXDEV else exc.strerror
+                raise OSError(
+                    exc.errno, f"cannot hardlink ({why}); --link auto or copy copies it"
+                ) from None
             if link == "hardlink" or exc.errno not in _NO_LINK:
                 raise
     if how == "hardlink":

@@ -6,6 +6,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -262,3 +264,26 @@ def test_a_repository_entry_exports_each_file_the_lock_pins(tmp_path: Path) -> N
     }
     assert [p.name for p in (tmp_path / "mirror/sha256").iterdir()] == [sha(weights)]
     assert (tmp_path / "mirror/sha256" / sha(weights)).read_bytes() == weights
+
+
+def test_another_filesystem_gets_a_copy_and_hardlink_refuses_it(
+    tmp_path: Path, two_files: tuple[Path, bytes, bytes]
+) -> None:
+    manifest, a, _ = two_files
+    shm = Path("/dev/shm")  # tmpfs: another filesystem than tmp_path's on this machine
+    assert shm.stat().st_dev != tmp_path.stat().st_dev
+    dest = Path(tempfile.mkdtemp(prefix="modelsync-test-mirror-", dir=shm))
+    try:
+        run, doc = export(manifest, dest / "hard", "--link", "hardlink")
+        assert run.code == 1
+        assert {e["status"] for e in doc["entries"]} == {"failed"}
+        assert "cannot hardlink (another filesystem)" in doc["entries"][0]["error"]
+        assert not any((dest / "hard/sha256").iterdir())
+        run, doc = export(manifest, dest / "auto")
+        assert run.code == 0, run.stderr
+        assert {e["how"] for e in doc["entries"]} == {"copy"}
+        blob_path = dest / "auto/sha256" / sha(a)
+        assert blob_path.read_bytes() == a
+        assert blob_path.stat().st_mode & 0o777 == 0o644
+    finally:
+        shutil.rmtree(dest)
