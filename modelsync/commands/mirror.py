@@ -290,7 +290,8 @@ def _export_blob(item: _Verified, dest: Path, link: LinkChoice, verify: bool) ->
 
 
 class _Changed(Exception):
-    """The bytes written are not the ones verified (the file changed meanwhile)."""
+    """The bytes written are not the ones verified (the file changed meanwhile, or
+    behind the stat cache's back)."""
 
 
 def _write(item: _Verified, tmp: Path, link: LinkChoice) -> str:
@@ -319,8 +320,10 @@ def _write(item: _Verified, tmp: Path, link: LinkChoice) -> str:
         got = _copy_hashing(item.source, tmp)
     if got.sha256 != item.hashes.sha256 or got.size != item.hashes.size:
         raise _Changed(
-            f"{item.source} changed while it was exported: sha256 {got.sha256}, "
-            f"expected {item.hashes.sha256}; not exported"
+            f"the bytes read are not the verified ones (sha256 {got.sha256}, expected "
+            f"{item.hashes.sha256}): the file changed during the export, or since it was "
+            "hashed without its size or mtime changing; not exported (`modelsync verify` "
+            "hashes it again)"
         )
     return how
 

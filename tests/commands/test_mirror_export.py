@@ -287,3 +287,29 @@ def test_another_filesystem_gets_a_copy_and_hardlink_refuses_it(
         assert blob_path.stat().st_mode & 0o777 == 0o644
     finally:
         shutil.rmtree(dest)
+
+
+@pytest.mark.parametrize("link", ["auto", "copy"])
+def test_a_blob_is_checked_before_it_is_published(
+    tmp_path: Path, fileserver: FileServer, link: str
+) -> None:
+    """The stat cache vouches for a file edited behind its back (same size, inode and
+    mtime): the bytes written to the tree are hashed, found wrong, and never published."""
+    f = serve(fileserver, "/m/model.bin", 2 * MIB)
+    manifest = write_manifest(tmp_path / "models.toml", [{"url": f.url, "sha256": f.sha256}])
+    assert modelsync("apply", manifest, "--no-progress").code == 0
+    path = tmp_path / "models/model.bin"
+    st = path.stat()
+    with open(path, "r+b") as out:
+        out.seek(5000)
+        out.write(b"\x00" * 8)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    dest = tmp_path / "mirror"
+    run, doc = export(manifest, dest, "--link", link)
+    assert run.code == 1
+    entry = doc["entries"][0]
+    assert entry["status"] == "corrupt"
+    assert f"expected {f.sha256}" in entry["error"] and "not exported" in entry["error"]
+    assert not any((dest / "sha256").iterdir())
+    assert sorted(p.name for p in dest.iterdir()) == ["index.json", "sha256"]
+    assert json.loads((dest / "index.json").read_text())["entries"] == []
