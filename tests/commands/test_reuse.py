@@ -55,9 +55,7 @@ def test_a_file_present_under_another_name_is_linked_not_downloaded(
     assert modelsync("verify", second).code == 0
 
 
-def test_a_blob_in_the_hugging_face_cache_is_reused(
-    tmp_path: Path, fileserver: FileServer
-) -> None:
+def test_a_blob_in_the_hugging_face_cache_is_reused(tmp_path: Path, fileserver: FileServer) -> None:
     f = serve(fileserver, "/vae.safetensors", 200_000, seed=2)
     blobs = tmp_path / "hf-cache" / "models--org--vae" / "blobs"
     blobs.mkdir(parents=True)
