@@ -258,6 +258,8 @@ class Events:
     def resolved(self, targets: list[Target], env: Mapping[str, str]) -> None:
         from modelsync.sources import source_of
 
+        if self._log is None:  # one line per entry, for the log only (not counted)
+            return
         for t in targets:
             self.emit(
                 "resolve",
@@ -271,6 +273,8 @@ class Events:
             )
 
     def planned(self, plan: Plan) -> None:
+        if self._log is None:  # log lines only (not counted): a no-op plan skips them
+            return
         for a in plan.actions:
             d = a.desired
             self.emit(
