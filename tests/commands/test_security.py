@@ -74,6 +74,17 @@ def authorizations(requests: list[RequestRecord]) -> set[str | None]:
     return {r.headers.get("authorization") for r in requests}
 
 
+def contents(paths: list[Path]) -> dict[str, bytes]:
+    """What each file holds; one that vanished since it was listed is left out."""
+    out = {}
+    for p in paths:
+        try:
+            out[str(p)] = p.read_bytes()
+        except FileNotFoundError:
+            continue
+    return out
+
+
 def files_under(folder: Path) -> list[Path]:
     return [p for p in folder.rglob("*") if p.is_file()]
 
@@ -137,7 +148,7 @@ def test_no_secret_in_output_files_or_process_arguments_while_apply_runs(
                 "modelsync's command line": Path(f"/proc/{proc.pid}/cmdline").read_bytes(),
                 "aria2c's command line": aria2_cmdline,
                 "aria2c's environment": Path(f"/proc/{aria2_pid}/environ").read_bytes(),
-                **{str(p): p.read_bytes() for p in files_under(root)},
+                **contents(files_under(root)),  # aria2 renames its temporaries meanwhile
             },
         )
         # the RPC: 128 random bits, on 127.0.0.1 only, its config file private and gone
