@@ -376,10 +376,11 @@ def test_a_content_length_longer_than_the_body(tmp_path: Path, fileserver: FileS
     )
     said = " ".join(run.stderr.split())  # started over once (it might have shrunk), no more
     assert said.count("ended early and it refuses the rest; starting over") == 1
-    assert [r.range for r in fileserver.requests if r.path == "/free.bin"] == [
-        None,
-        f"bytes={MIB}-{MIB + 999}",
-    ] * 2
+    ranges = [r.range for r in fileserver.requests if r.path == "/free.bin"]
+    # two starts (the second after starting over), each followed by asks for the missing
+    # tail only (aria2 may ask twice before it gives up: its own retry timing)
+    assert ranges.count(None) == 2 and ranges[0] is None, ranges
+    assert {r for r in ranges if r is not None} == {f"bytes={MIB}-{MIB + 999}"}, ranges
     assert leftovers(tmp_path / "models") == []
 
 
