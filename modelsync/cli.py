@@ -230,8 +230,13 @@ def apply(
         ),
     ] = 300.0,
     aria2_url: Annotated[
-        str | None,
-        typer.Option("--aria2-url", metavar="URL", help="Use a running aria2 RPC endpoint."),
+        list[str] | None,
+        typer.Option(
+            "--aria2-url",
+            metavar="URL",
+            help="Use a running aria2 RPC endpoint (several times, or comma-separated: "
+            "downloads are spread across them).",
+        ),
     ] = None,
     aria2_secret: Annotated[
         str | None,
@@ -279,7 +284,7 @@ def apply(
         lock_timeout=lock_timeout,
         prune=prune,
         confirm_prune=(lambda _paths: True) if yes else _ask_prune if prune else None,
-        aria2_url=aria2_url,
+        aria2_url=",".join(aria2_url) if aria2_url else None,
         aria2_secret=aria2_secret,
         stall_timeout=stall_timeout,
         metrics_file=metrics_file,

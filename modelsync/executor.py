@@ -18,7 +18,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
-from modelsync.aria2 import Aria2Daemon, Aria2RpcError, DownloadStatus
+from modelsync.aria2 import Aria2Daemon, Aria2Pool, Aria2RpcError, DownloadStatus
 from modelsync.aria2.words import describe
 from modelsync.download import (
     MIB,
@@ -136,7 +136,7 @@ class Executor:
     def __init__(
         self,
         layout: Layout,
-        connect: Callable[[], Aria2Daemon],
+        connect: Callable[[], Aria2Daemon | Aria2Pool],
         state: StateDB,
         resolver: Locator,
         options: ApplyOptions,
@@ -146,7 +146,7 @@ class Executor:
     ) -> None:
         self.layout = layout
         self._connect = connect
-        self._daemon: Aria2Daemon | None = None
+        self._daemon: Aria2Daemon | Aria2Pool | None = None
         self.state = state
         self.resolver = resolver
         self.options = options
@@ -166,7 +166,7 @@ class Executor:
     # ---- entry point -------------------------------------------------------
 
     @property
-    def daemon(self) -> Aria2Daemon:
+    def daemon(self) -> Aria2Daemon | Aria2Pool:
         """aria2 starts on first use: a run that only verifies in place needs none."""
         if self._daemon is None:
             self._daemon = self._connect()

@@ -8,7 +8,8 @@ import random
 import socket
 import subprocess
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,10 +27,29 @@ for _name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "CIVITAI_TOKEN", "CIVITAI_AP
     os.environ.pop(_name, None)
 
 
-@pytest.fixture
-def foreign_aria2(tmp_path: Path) -> Iterator[tuple[str, str]]:
-    """A user's own aria2c (ComfyUI-Manager's, say), with a known secret: its URL and secret."""
-    secret = "foreign-secret-7d2e"
+FOREIGN_SECRET = "foreign-secret-7d2e"
+
+
+@dataclass
+class ForeignAria2:
+    """A user's own aria2c (ComfyUI-Manager's, say): its RPC URL and process."""
+
+    url: str
+    proc: subprocess.Popen[bytes]
+    log: Path  # aria2's own log (notice level): "Download complete: PATH" per finished file
+
+    def completed(self) -> list[str]:
+        """Names of the files this daemon finished."""
+        text = self.log.read_text(errors="replace") if self.log.exists() else ""
+        marker = "Download complete: "
+        return [
+            Path(line.split(marker, 1)[1].strip()).name
+            for line in text.splitlines()
+            if marker in line
+        ]
+
+
+def _start_foreign_aria2(where: Path, log: Path) -> ForeignAria2:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -38,19 +58,60 @@ def foreign_aria2(tmp_path: Path) -> Iterator[tuple[str, str]]:
             find_aria2c(),
             "--enable-rpc",
             f"--rpc-listen-port={port}",
-            f"--rpc-secret={secret}",
+            f"--rpc-secret={FOREIGN_SECRET}",
             "--no-conf",
             "--disable-ipv6",
-            f"--dir={tmp_path}",
+            f"--dir={where}",
+            f"--log={log}",
+            "--log-level=notice",
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+    _wait_listening(port, proc)
+    return ForeignAria2(f"http://127.0.0.1:{port}/jsonrpc", proc, log)
+
+
+def _wait_listening(port: int, proc: subprocess.Popen[bytes]) -> None:
+    """Until aria2c's RPC port accepts connections (a condition polled, with a deadline)."""
+    deadline = time.monotonic() + 15
+    while proc.poll() is None and time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.02)  # polling a condition with a deadline
+    raise RuntimeError(f"aria2c never listened on port {port}")
+
+
+@pytest.fixture
+def foreign_aria2s(tmp_path: Path) -> Iterator[Callable[[int], list[ForeignAria2]]]:
+    """Starts N foreign aria2c daemons (one secret, FOREIGN_SECRET, for all)."""
+    started: list[ForeignAria2] = []
+
+    def start(n: int) -> list[ForeignAria2]:
+        first = len(started)
+        new = [
+            _start_foreign_aria2(tmp_path, tmp_path / f"aria2-{first + i}.log") for i in range(n)
+        ]
+        started.extend(new)
+        return new
+
     try:
-        yield f"http://127.0.0.1:{port}/jsonrpc", secret
+        yield start
     finally:
-        proc.terminate()
-        proc.wait(10)
+        for one in started:
+            if one.proc.poll() is None:
+                one.proc.terminate()
+        for one in started:
+            one.proc.wait(10)
+
+
+@pytest.fixture
+def foreign_aria2(
+    foreign_aria2s: Callable[[int], list[ForeignAria2]],
+) -> tuple[str, str]:
+    """A user's own aria2c (ComfyUI-Manager's, say), with a known secret: its URL and secret."""
+    return foreign_aria2s(1)[0].url, FOREIGN_SECRET
 
 
 @pytest.fixture

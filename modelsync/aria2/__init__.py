@@ -27,10 +27,12 @@ from modelsync.aria2.attach import (
     AttachSettings,
     parse_rpc_url,
     resolve_attach_settings,
+    split_attach_settings,
 )
 from modelsync.aria2.binary import ARIA2C_ENV, aria2c_version, find_aria2c, install_hint
 from modelsync.aria2.daemon import Aria2Daemon
 from modelsync.aria2.options import CA_BUNDLE_ENVS
+from modelsync.aria2.pool import Aria2Pool
 from modelsync.aria2.rpc import Aria2RpcError
 from modelsync.aria2.status import DownloadStatus
 from modelsync.redact import redact_urls
@@ -41,6 +43,7 @@ __all__ = [
     "ATTACH_URL_ENVS",
     "CA_BUNDLE_ENVS",
     "Aria2Daemon",
+    "Aria2Pool",
     "Aria2RpcError",
     "AttachSettings",
     "DownloadStatus",
@@ -50,4 +53,5 @@ __all__ = [
     "parse_rpc_url",
     "redact_urls",
     "resolve_attach_settings",
+    "split_attach_settings",
 ]

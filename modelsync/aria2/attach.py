@@ -6,14 +6,15 @@ from collections.abc import Mapping
 from typing import Final, NamedTuple, cast
 from urllib.parse import urlsplit
 
-from modelsync.errors import Aria2Unavailable
+from modelsync.errors import EXIT_USAGE, Aria2Unavailable, ModelsyncError
 from modelsync.redact import redact_urls
 
 MODELSYNC_URL_ENV: Final = "MODELSYNC_ARIA2_URL"
 MODELSYNC_SECRET_ENV: Final = "MODELSYNC_ARIA2_SECRET"
 COMFYUI_URL_ENV: Final = "COMFYUI_MANAGER_ARIA2_SERVER"
+COMFYUI_URLS_ENV: Final = "COMFYUI_MANAGER_ARIA2_SERVERS"  # comma-separated, several daemons
 COMFYUI_SECRET_ENV: Final = "COMFYUI_MANAGER_ARIA2_SECRET"
-ATTACH_URL_ENVS: Final = (MODELSYNC_URL_ENV, COMFYUI_URL_ENV)
+ATTACH_URL_ENVS: Final = (MODELSYNC_URL_ENV, COMFYUI_URLS_ENV, COMFYUI_URL_ENV)
 ATTACH_SECRET_ENVS: Final = (MODELSYNC_SECRET_ENV, COMFYUI_SECRET_ENV)
 
 DEFAULT_RPC_PORT: Final = 6800
@@ -43,11 +44,13 @@ def resolve_attach_settings(
     """Decide whether to attach to an existing daemon; ``None`` means spawn our own.
 
     The URL comes from ``--aria2-url``, else ``$MODELSYNC_ARIA2_URL``, else
-    ``$COMFYUI_MANAGER_ARIA2_SERVER``. The secret comes from ``--aria2-secret``, else from
-    the secret variable paired with the URL's source (``$COMFYUI_MANAGER_ARIA2_SECRET``
-    for ComfyUI-Manager's URL), else ``$MODELSYNC_ARIA2_SECRET``. A secret is never taken
-    from ComfyUI-Manager's variable for a URL that did not come from it, so it is not sent
-    to another server. Empty values count as unset.
+    ``$COMFYUI_MANAGER_ARIA2_SERVERS``, else ``$COMFYUI_MANAGER_ARIA2_SERVER``; it may be a
+    comma-separated list of daemons (see :func:`split_attach_settings`). The secret comes
+    from ``--aria2-secret``, else from the secret variable paired with the URL's source
+    (``$COMFYUI_MANAGER_ARIA2_SECRET`` for ComfyUI-Manager's URLs), else
+    ``$MODELSYNC_ARIA2_SECRET``. A secret is never taken from ComfyUI-Manager's variable for
+    a URL that did not come from it, so it is not sent to another server. Empty values count
+    as unset.
     """
 
     def get(name: str) -> str | None:
@@ -60,6 +63,9 @@ def resolve_attach_settings(
         url, source, paired = cli_url, "cli", None
     elif get(MODELSYNC_URL_ENV) is not None:
         url, source, paired = cast(str, get(MODELSYNC_URL_ENV)), MODELSYNC_URL_ENV, None
+    elif get(COMFYUI_URLS_ENV) is not None:
+        url, source = cast(str, get(COMFYUI_URLS_ENV)), COMFYUI_URLS_ENV
+        paired = COMFYUI_SECRET_ENV
     elif get(COMFYUI_URL_ENV) is not None:
         url, source, paired = cast(str, get(COMFYUI_URL_ENV)), COMFYUI_URL_ENV, COMFYUI_SECRET_ENV
     else:
@@ -75,6 +81,24 @@ def resolve_attach_settings(
     if secret is None:
         secret = get(MODELSYNC_SECRET_ENV)
     return AttachSettings(url=url, secret=secret, source=source)
+
+
+def split_attach_settings(settings: AttachSettings) -> list[AttachSettings]:
+    """One :class:`AttachSettings` per daemon of a comma-separated URL list (one secret for
+    all). Each URL is checked here, so a bad one is a usage error naming it before any
+    daemon is asked."""
+    urls = [u.strip() for u in settings.url.split(",") if u.strip()]
+    where = "--aria2-url" if settings.source == "cli" else f"${settings.source}"
+    for url in urls:
+        try:
+            parse_rpc_url(url)
+        except Aria2Unavailable as exc:
+            raise ModelsyncError(
+                f"{where}: {exc.message}", exc.hint, exit_code=EXIT_USAGE
+            ) from None
+    if not urls:
+        raise ModelsyncError(f"{where} names no aria2 daemon", "pass http://HOST:PORT/jsonrpc")
+    return [settings._replace(url=url) for url in dict.fromkeys(urls)]
 
 
 def parse_rpc_url(url: str) -> tuple[str, str, int]:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import filelock
 
 if TYPE_CHECKING:
-    from modelsync.aria2 import Aria2Daemon
+    from modelsync.aria2 import Aria2Daemon, Aria2Pool, AttachSettings
 
 from modelsync.commands.common import failed_targets, unpinned_warnings
 from modelsync.errors import EXIT_USAGE, ModelsyncError
@@ -104,12 +104,12 @@ def open_daemon(
     max_concurrent: int,
     max_speed: int,
     warn: Callable[[str], None] = lambda _message: None,
-) -> Aria2Daemon:
-    from modelsync.aria2 import Aria2Daemon, resolve_attach_settings
+) -> Aria2Daemon | Aria2Pool:
+    from modelsync.aria2 import Aria2Daemon, resolve_attach_settings, split_attach_settings
 
     attach = resolve_attach_settings(request.aria2_url, request.aria2_secret, ws.env)
     if attach is not None:
-        daemon = Aria2Daemon.attach(*attach)
+        daemon = _attach_all(split_attach_settings(attach), warn)
         unused = ", ".join(ws.manifest.settings.aria2.global_only)
         if unused:  # said, so that nobody believes their proxy CA or cache is in use
             warn(
@@ -141,6 +141,23 @@ def open_daemon(
         daemon.close()
         raise _cannot_write_own(ws, exc) from None
     return daemon
+
+
+def _attach_all(
+    settings: list[AttachSettings], warn: Callable[[str], None]
+) -> Aria2Daemon | Aria2Pool:
+    """One daemon as before; several behind a pool that spreads the downloads."""
+    from modelsync.aria2 import Aria2Daemon, Aria2Pool
+
+    daemons: list[Aria2Daemon] = []
+    try:
+        for one in settings:
+            daemons.append(Aria2Daemon.attach(*one))
+    except BaseException:
+        for daemon in daemons:
+            daemon.close()
+        raise
+    return daemons[0] if len(daemons) == 1 else Aria2Pool(daemons, warn)
 
 
 def _cannot_write_own(ws: Workspace, exc: OSError) -> ModelsyncError:
