@@ -150,6 +150,12 @@ def aria2_options(
         # A server that ignores Range makes aria2 start over instead of failing.
         "always-resume": "false",
         "max-resume-failure-tries": "0",
+        # The partial's name is ours: an attached daemon (whose own defaults rename a
+        # file that exists without a control file, to "name.1.bin") must resume or
+        # overwrite it, as the managed daemon does.
+        "continue": "true",
+        "allow-overwrite": "true",
+        "auto-file-renaming": "false",
     }
     if remote.headers:
         options["header"] = [f"{k}: {v}" for k, v in remote.headers]

@@ -7,9 +7,15 @@ import hashlib
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
+from modelsync.aria2 import Aria2Daemon
+from modelsync.download import Job, aria2_options
+from modelsync.layout import Layout
+from modelsync.reconcile import Action, ActionKind
+from modelsync.remote import Desired, RemoteFile
 from tests.clirun import modelsync
 from tests.conftest import FOREIGN_SECRET, ForeignAria2, Served, serve, toml_value
 from tests.servers import FileServer
@@ -140,3 +146,31 @@ def test_a_daemon_killed_mid_apply_has_its_downloads_moved(
     placed(tmp_path, files)
     assert len(b.completed()) == 4, b.completed()
     assert "stopped answering" in err and a.url in err
+
+
+def test_an_attached_daemon_resumes_our_partial_instead_of_renaming_it(
+    tmp_path: Path, fileserver: FileServer, foreign_aria2s: Start
+) -> None:
+    # A daemon of the user's keeps aria2's defaults (auto-file-renaming=true): when a
+    # download moves to it from a dead daemon, the partial may be on disk before any
+    # control file is; it must be written in place, not saved beside as "name.1.bin".
+    (daemon,) = foreign_aria2s(1)
+    (f,) = some_files(fileserver, 1)
+    tmp = Layout(tmp_path).partial("m/f0.bin")
+    tmp.parent.mkdir(parents=True)
+    tmp.write_bytes(f.data[: MIB // 2])
+    desired = Desired(name="f0", path="m/f0.bin", size=len(f.data), sha256=f.sha256)
+    job = Job(Action(ActionKind.DOWNLOAD, desired), None, tmp)
+    remote = RemoteFile(urls=(f.url,), filename="f0.bin", size=len(f.data))
+    attached = Aria2Daemon.attach(daemon.url, FOREIGN_SECRET)
+    try:
+        gid = attached.add([f.url], aria2_options(job, remote, 4))
+        deadline = time.monotonic() + 30
+        while not attached.status([gid])[0].stopped and time.monotonic() < deadline:
+            time.sleep(0.05)  # polling a condition with a deadline
+        assert attached.status([gid])[0].status == "complete"
+    finally:
+        attached.close()
+    assert daemon.completed() == [tmp.name]
+    assert sorted(p.name for p in tmp.parent.iterdir()) == [tmp.name]
+    assert hashlib.sha256(tmp.read_bytes()).hexdigest() == f.sha256
