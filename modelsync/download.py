@@ -3,6 +3,7 @@ it (aria2's control file, our `.want` sidecar), and the options aria2 gets for i
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -58,6 +59,8 @@ class Job:
     refused: str | None = None  # being removed from aria2; then it fails with this
     changed_restarts: int = 0  # started over because the file changed upstream
     short_bodies: int = 0  # started over after a body that ended before its length
+    sidecar_written: bool = False  # by this run, for the partial now in tmp/
+    direct_missed: bool = False  # the in-process fetch (direct.py) gave it back to aria2
 
     @property
     def desired(self) -> Desired:
@@ -90,7 +93,15 @@ def tmp_complete(job: Job) -> bool:
 
 def discard_stale_partial(job: Job) -> None:
     """A partial meant for other bytes (the manifest changed) is started over; a kept
-    one brings back the validators of the version upstream it holds the start of."""
+    one brings back the validators of the version upstream it holds the start of.
+
+    With nothing in tmp/ no sidecar is written yet: the executor writes it once bytes
+    flow (most small files are done by then, and a crash before it costs a fresh start)."""
+    if not (job.tmp.exists() or job.control.exists()):
+        job.sidecar.unlink(missing_ok=True)
+        job.sidecar_written = False
+        job.validators = None  # nothing downloaded yet: the version is learned anew
+        return
     want: dict[str, object] = {
         "size": job.desired.size,
         "sha256": job.desired.sha256,
@@ -111,7 +122,8 @@ def discard_stale_partial(job: Job) -> None:
 
 
 def write_sidecar(job: Job) -> None:
-    """What the partial is meant to become, and (once known) which version upstream."""
+    """What the partial is meant to become, and (once known) which version upstream.
+    Best effort: on a full disk the partial is started over next time, nothing worse."""
     want: dict[str, object] = {
         "size": job.desired.size,
         "sha256": job.desired.sha256,
@@ -119,7 +131,13 @@ def write_sidecar(job: Job) -> None:
     }
     if job.validators is not None:
         want["upstream"] = job.validators
-    job.sidecar.write_text(json.dumps(want, sort_keys=True))
+    try:
+        job.sidecar.write_text(json.dumps(want, sort_keys=True))
+    except OSError:
+        with contextlib.suppress(OSError):
+            job.sidecar.unlink()  # half written: worse than none
+        return
+    job.sidecar_written = True
 
 
 def forget_partial(job: Job) -> None:

@@ -73,6 +73,20 @@ class Aria2Unavailable(ModelsyncError):
     """aria2c is missing or its RPC does not answer; nothing was done."""
 
 
+class Aria2RpcError(ModelsyncError):
+    """aria2 answered a call with an error (unknown GID, bad option, …).
+
+    The daemon itself is fine; this concerns one call (so one entry: exit code 1).
+    """
+
+    exit_code = EXIT_FAILED
+
+    def __init__(self, method: str, code: int, message: str) -> None:
+        super().__init__(f"aria2 {method} failed: {message} (code {code})")
+        self.method = method
+        self.code = code
+
+
 class SourceError(ModelsyncError):
     """A source (URL, Hugging Face, Civitai) could not be resolved for one entry."""
 

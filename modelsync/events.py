@@ -173,12 +173,13 @@ class Events:
 
     def emit(self, event: str, **fields: Any) -> None:
         """One step: `fields` with None left out, strings redacted."""
-        record: dict[str, Any] = {"ts": utc_iso(), "event": event}
+        record: dict[str, Any] = {"event": event}
         record.update((k, self._clean(v)) for k, v in fields.items() if v is not None)
         with self._lock:
             self._count(event, record)
             if self._log is not None:
-                self._log.write(json.dumps(record, ensure_ascii=False) + "\n")
+                line = {"ts": utc_iso(), **record}
+                self._log.write(json.dumps(line, ensure_ascii=False) + "\n")
 
     def _clean(self, value: Any) -> Any:
         if isinstance(value, str):

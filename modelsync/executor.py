@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import contextlib
 import os
+import queue
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from modelsync.aria2 import Aria2Daemon, Aria2Pool, Aria2RpcError, DownloadStatus
+from modelsync import direct
+from modelsync.aria2.status import DownloadStatus
 from modelsync.aria2.words import describe
 from modelsync.download import (
     MIB,
@@ -29,10 +32,10 @@ from modelsync.download import (
     tmp_complete,
     write_sidecar,
 )
-from modelsync.errors import Aria2Unavailable, ModelsyncError
+from modelsync.errors import Aria2RpcError, Aria2Unavailable, ModelsyncError
 from modelsync.events import Events
 from modelsync.hashing import FileHashes, PrefixHasher, git_blob_sha1, hash_file
-from modelsync.layout import Layout
+from modelsync.layout import PARTIAL_SUFFIX, Layout
 from modelsync.linking import link_into
 from modelsync.manifest import LinkMode
 from modelsync.mirroring import NOT_FOUND, Mirrors, hosts_of
@@ -56,6 +59,9 @@ from modelsync.upstream import (
     probe_in_background,
 )
 
+if TYPE_CHECKING:  # aria2p is imported only when aria2 is needed (see modelsync.aria2)
+    from modelsync.aria2 import Aria2Daemon, Aria2Pool
+
 HASH_STEP = 32 * MIB  # hash a download's finished prefix in steps of at least this
 PROBE_WAIT = 15.0  # seconds a finished download waits at most for a HEAD's answer
 #: How often one apply starts its own aria2c again after it died (killed, OOM): a third
@@ -78,6 +84,9 @@ class ApplyOptions:
     link: LinkMode = "auto"  # settings.link: how a file already here is put in place
     store: Store | None = None  # settings.store: every placed file is linked into it
     mirror_first: bool = False  # settings.mirror_first: the mirrors alone, then the origin
+    # Many small pinned files may be fetched in-process (direct.py): only with our own
+    # aria2c, no [settings.aria2] options and no speed limit, which that path ignores.
+    direct: bool = False
 
 
 @dataclass(frozen=True)
@@ -91,6 +100,18 @@ class Linked(Placed):
     """Bytes found on this machine (a donor), checked, and put in place."""
 
     how: str  # "reflink", "hardlink", "symlink" or "copy"
+
+
+@dataclass(frozen=True)
+class Fetched(Placed):
+    """Fetched in-process (direct.py), checked, and put in place."""
+
+
+@dataclass(frozen=True)
+class Missed:
+    """Not for the in-process fetch after all (why): aria2 downloads it."""
+
+    why: str
 
 
 @dataclass(frozen=True)
@@ -129,7 +150,7 @@ class Rejected:
     hashes: FileHashes  # of the rejected bytes: the same twice means the pin is wrong
 
 
-Outcome = Placed | Rejected | Hashed | Refused | Changed | NotReused
+Outcome = Placed | Rejected | Hashed | Refused | Changed | NotReused | Missed
 
 
 class Executor:
@@ -158,6 +179,18 @@ class Executor:
         self.active: dict[str, Job] = {}  # gid → job
         self.waiting: list[Job] = []  # scheduled retries
         self.hashing: dict[Future[Outcome], Job] = {}
+        # Each finished future of `hashing` lands here: the tick takes them all at once
+        # (concurrent.futures.wait() would walk every pending future on every call).
+        self.finished: queue.SimpleQueue[Future[Outcome]] = queue.SimpleQueue()
+        # Round trips to aria2 are batched (system.multicall): downloads to add and
+        # results to forget wait for the end of the tick; aria2 is asked for statuses
+        # once per poll_interval, not whenever a hash finishes.
+        self.adding: list[tuple[Job, list[str], dict[str, str | list[str]]]] = []
+        self.forgotten: list[str] = []
+        self.next_poll = 0.0
+        self.direct = False  # this run fetches small files in-process (run() decides)
+        self.fetchers: ThreadPoolExecutor | None = None
+        self.in_tmp: set[str] = set()  # names in tmp/ when the run began
         self.pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 2)
         self.lost: Aria2Unavailable | None = None  # aria2 went away mid-run, for good
         self.restarts = 0  # of our own aria2c, after it died
@@ -183,6 +216,10 @@ class Executor:
             (a for a in plan.actions if a.kind is not ActionKind.OK), key=_download_order
         )
         self.reporter.begin(len(pending), plan.download_bytes, plan.unknown_sizes)
+        small = sum(1 for a in pending if _small(a))
+        self.direct = self.options.direct and small >= direct.DIRECT_MIN_FILES
+        if self.direct:
+            self.in_tmp = set(os.listdir(self.layout.tmp))
         try:
             for action in pending:
                 job = Job(action, None, self.layout.partial(action.desired.path))
@@ -192,12 +229,17 @@ class Executor:
                     self._submit(job, self._link_and_place)
                 else:
                     self._start_download(job)
-            while self.active or self.hashing or self.waiting:
+            self._flush_to_aria2()
+            while self.active or self.hashing or self.waiting or self.adding:
                 self._tick()
         except BaseException:
             self.cancel.set()
+            if self.fetchers is not None:
+                direct.abort()
             raise
         finally:
+            if self.fetchers is not None:
+                self.fetchers.shutdown(wait=True, cancel_futures=True)
             self.pool.shutdown(wait=True, cancel_futures=True)
             self.close()
             self.reporter.end()
@@ -215,24 +257,65 @@ class Executor:
             for job in [j for j in self.waiting if j.retry_at is not None and j.retry_at <= now]:
                 self.waiting.remove(job)
                 self._add_to_aria2(job, fresh=True)
-            if self.active:
+            if self.active and now >= self.next_poll:
+                self.next_poll = now + self.options.poll_interval
                 self._poll_aria2()
         except Aria2Unavailable as exc:
             self._daemon_lost(exc)
+        self._flush_to_aria2()
+        pause = max(self.next_poll - time.monotonic(), 0.0) if self.active else None
         if self.hashing:
-            done, _ = wait(
-                list(self.hashing), timeout=self.options.poll_interval, return_when=FIRST_COMPLETED
-            )
-            for future in done:
-                self._hash_done(self.hashing.pop(future), future)
+            timeout = self.options.poll_interval if pause is None else pause
+            with self.state.batch():
+                for future in self._finished(timeout):
+                    self._hash_done(self.hashing.pop(future), future)
         else:
             # Nothing to wake us but time: aria2 progress or a scheduled retry.
-            self.cancel.wait(self.options.poll_interval)
+            self.cancel.wait(self.options.poll_interval if pause is None else pause)
+        self._flush_to_aria2()
 
-    def _submit(self, job: Job, fn: Callable[[Job], Outcome]) -> None:
-        self.hashing[self.pool.submit(fn, job)] = job
+    def _flush_to_aria2(self) -> None:
+        """Send the downloads to add and the results to forget, one round trip each."""
+        try:
+            if self.forgotten:
+                gids, self.forgotten = self.forgotten, []
+                self.daemon.remove_results(gids)
+            if self.adding:
+                self._add_batch()
+        except Aria2Unavailable as exc:
+            self._daemon_lost(exc)
+        except ModelsyncError as exc:  # aria2 started late (after in-process fetches): gone
+            self._daemon_lost(Aria2Unavailable(str(exc)))
+
+    def needs_aria2(self, plan: Plan) -> bool:
+        """Whether this plan downloads through aria2 (as far as can be told before: an
+        in-process fetch that misses goes to aria2 too, which then starts)."""
+        downloads = [a for a in plan.pending if a.kind not in (ActionKind.VERIFY, ActionKind.LINK)]
+        small = sum(1 for a in downloads if _small(a))
+        direct_run = self.options.direct and small >= direct.DIRECT_MIN_FILES
+        return bool(downloads) and not (direct_run and small == len(downloads))
+
+    def _finished(self, timeout: float) -> list[Future[Outcome]]:
+        """The futures of `hashing` that finished: waits up to `timeout` for the first."""
+        try:
+            done = [self.finished.get(timeout=timeout)]
+        except queue.Empty:
+            return []
+        with contextlib.suppress(queue.Empty):
+            while True:
+                done.append(self.finished.get_nowait())
+        return done
+
+    def _submit(
+        self, job: Job, fn: Callable[[Job], Outcome], pool: ThreadPoolExecutor | None = None
+    ) -> None:
+        future = (pool or self.pool).submit(fn, job)
+        self.hashing[future] = job
+        future.add_done_callback(self.finished.put)
 
     def _start_download(self, job: Job) -> None:
+        if self._direct_candidate(job) and self._start_direct(job):
+            return
         target = self.layout.target(job.desired.path)
         if target.is_dir() and not target.is_symlink():  # no download could go there
             self._fail_before_start(
@@ -253,12 +336,48 @@ class Executor:
         self.reporter.file_started(d.name, d.path, size, job.start_bytes)
         self._add_to_aria2(job, fresh=False)
 
+    def _direct_candidate(self, job: Job) -> bool:
+        """A small file with nothing of it in tmp/ (no partial to resume, no stale one
+        to discard: no file system call to make) may be fetched in-process. The main
+        thread shares the GIL with 16 fetchers: what it does per file must stay little."""
+        if not (self.direct and not job.direct_missed and _small(job.action)):
+            return False
+        name = job.tmp.name
+        return not {name, name + PARTIAL_SUFFIX, name + ".want"} & self.in_tmp
+
+    def _start_direct(self, job: Job) -> bool:
+        """Fetch a small file in-process; False: it has mirrors or no source, aria2's."""
+        try:
+            remote = self.resolver(job.desired.name, False)
+        except ModelsyncError:
+            return False  # said by the aria2 path, with its words
+        if len(remote.urls) != 1 or remote.mirrors:
+            return False
+        job.remote = remote
+        job.attempts += 1
+        if self.fetchers is None:
+            self.fetchers = ThreadPoolExecutor(max_workers=direct.DIRECT_WORKERS)
+        self._submit(job, self._fetch_and_place, self.fetchers)
+        d = job.desired
+        self.reporter.file_started(d.name, d.path, d.size, 0)
+        self.events.emit(
+            "download_start",
+            entry=d.name,
+            path=d.path,
+            url=remote.urls[0],
+            size=d.size,
+            resume_from=0,
+            attempt=job.attempts,
+        )
+        return True
+
     def _daemon_lost(self, exc: Aria2Unavailable) -> None:
         """aria2 died under us. Our own aria2c is started again (MAX_RESTARTS times per
         run) and resumes what it was doing from the control files; a daemon we attached
         to is not ours to start, and after that what it was doing fails (its partials
         stay for a resume)."""
         daemon, self._daemon = self._daemon, None
+        self.forgotten.clear()  # results of a daemon that is gone
         if daemon is None:  # it could not even start
             self._give_up(f"aria2 is not available ({exc.message})")
             return
@@ -296,7 +415,9 @@ class Executor:
 
     def _give_up(self, why: str, jobs: list[Job] | None = None) -> None:
         self.lost = Aria2Unavailable(why)
-        for job in [*self.active.values(), *self.waiting, *(jobs or [])]:
+        adding = [job for job, _, _ in self.adding]
+        self.adding.clear()
+        for job in [*self.active.values(), *self.waiting, *adding, *(jobs or [])]:
             self._fail(job, f"{why}; partial downloads are kept: run apply again to resume")
         self.active.clear()
         self.waiting.clear()
@@ -321,31 +442,39 @@ class Executor:
         job.attempts += 1
         tuning = self.options.tuning.per_download
         options = aria2_options(job, remote, self.options.connections, tuning)
+        self.adding.append((job, list(remote.urls), options))
+
+    def _add_batch(self) -> None:
+        """The downloads queued by _add_to_aria2, added in one round trip."""
+        batch, self.adding = self.adding, []
         try:
-            job.gid = self.daemon.add(list(remote.urls), options)
-        except Aria2RpcError as exc:  # this entry's options or URLs; the daemon is fine
-            url = redact(remote.urls[0], self.secrets) if remote.urls else "?"
-            job.cause = str(exc)
-            self._fail(job, f"cannot start the download of {url}: aria2 rejected it")
-            return
-        except Aria2Unavailable as exc:
-            job.attempts -= 1  # aria2's death is not this download's failure
-            job.retry_at = time.monotonic()  # added to a restarted daemon, or failed with the rest
-            self.waiting.append(job)
-            self._daemon_lost(exc)
-            return
-        job.last_change = time.monotonic()
-        self.active[job.gid] = job
-        d = job.desired
-        self.events.emit(
-            "download_start",
-            entry=d.name,
-            path=d.path,
-            url=remote.urls[0],
-            size=d.size,
-            resume_from=job.start_bytes,
-            attempt=job.attempts,
-        )
+            answers = self.daemon.add_many([(urls, options) for _, urls, options in batch])
+        except Aria2Unavailable:
+            for job, _, _ in batch:
+                job.attempts -= 1  # aria2's death is not this download's failure
+                job.retry_at = time.monotonic()  # to a restarted daemon, or failed with the rest
+                self.waiting.append(job)
+            raise
+        now = time.monotonic()
+        for (job, urls, _), answer in zip(batch, answers, strict=True):
+            if isinstance(answer, Aria2RpcError):  # this entry's options or URLs
+                job.cause = str(answer)
+                url = redact(urls[0], self.secrets)
+                self._fail(job, f"cannot start the download of {url}: aria2 rejected it")
+                continue
+            job.gid = answer
+            job.last_change = now
+            self.active[answer] = job
+            d = job.desired
+            self.events.emit(
+                "download_start",
+                entry=d.name,
+                path=d.path,
+                url=urls[0],
+                size=d.size,
+                resume_from=job.start_bytes,
+                attempt=job.attempts,
+            )
 
     def _fail_before_start(self, job: Job, error: str) -> None:
         if not job.tmp.exists() and not job.control.exists():
@@ -443,6 +572,8 @@ class Executor:
             job = self.active[st.gid]
             if self._refuse(job, st):
                 continue
+            if not job.sidecar_written and st.completed_length and st.status != "complete":
+                write_sidecar(job)  # a partial in tmp/ now: what it is meant to become
             self._probe_once(job, st)
             if st.completed_length != job.done_bytes or st.status != "active":
                 # Queued behind max-concurrent-downloads is not stalled.
@@ -500,7 +631,7 @@ class Executor:
     def _forget_gid(self, job: Job) -> None:
         assert job.gid is not None
         self.active.pop(job.gid, None)
-        self.daemon.remove_result(job.gid)
+        self.forgotten.append(job.gid)  # removed from aria2's results at the end of the tick
         job.gid = None
 
     def _transient_or_fail(self, job: Job, st: DownloadStatus) -> None:
@@ -579,6 +710,8 @@ class Executor:
 
     def _verify_and_place(self, job: Job) -> Outcome:
         d = job.desired
+        if d.pinned and (placed := self._place_if_pinned_bytes(job)) is not None:
+            return placed
         upstream = self._upstream_at_end(job)
         changed = None
         if upstream is not None and job.validators is not None:
@@ -624,6 +757,46 @@ class Executor:
         job.sidecar.unlink(missing_ok=True)
         self._into_store(d.path, hashes)
         return Placed(hashes, before)  # rename keeps size, mtime, inode and device
+
+    def _fetch_and_place(self, job: Job) -> Outcome:
+        """In a fetcher thread: the file in-process, then the same check and placement as
+        an aria2 download; anything unusual hands it to aria2 (Missed)."""
+        d, remote = job.desired, job.remote
+        assert remote is not None and d.size is not None
+        try:
+            hashes = direct.fetch(
+                remote.urls[0], dict(remote.headers), job.tmp, d.size, self.cancel
+            )
+        except direct.Miss as exc:
+            remove(job.tmp)
+            return Missed(str(exc))
+        job.done_bytes = d.size
+        placed = self._place_if_pinned_bytes(job, hashes)
+        if placed is None:
+            remove(job.tmp)
+            job.done_bytes = 0
+            job.earlier += d.size  # fetched all the same
+            return Missed("the bytes do not match the pins")
+        return Fetched(placed.hashes, placed.stat)
+
+    def _place_if_pinned_bytes(self, job: Job, hashes: FileHashes | None = None) -> Placed | None:
+        """The bytes its pins name are the file, whatever happened upstream meanwhile: no
+        HEAD (one request per file, the cost of a small one) unless they are not.
+        `hashes`: taken as the bytes were written (an in-process fetch), else read here."""
+        d = job.desired
+        before = os.stat(job.tmp)
+        if d.size is not None and before.st_size != d.size:
+            return None
+        if hashes is None or hashes.size != before.st_size:
+            hashes, _ = self._hash_download(job, before.st_size)
+        if hash_mismatches(d, hashes.sha256, hashes.xxh3_128):
+            return None  # the full check: changed upstream, gzip, a web page, or corrupt
+        if git_mismatch(d, _git_sha1_if_needed(d, job.tmp)):
+            return None
+        place(job.tmp, self.layout.root, d.path)
+        job.sidecar.unlink(missing_ok=True)
+        self._into_store(d.path, hashes)
+        return Placed(hashes, before)
 
     def _link_and_place(self, job: Job) -> Outcome:
         """Put a donor's bytes in place (settings.link), checked like a download."""
@@ -715,12 +888,28 @@ class Executor:
         except Cancelled:
             return
         except PlacementError as exc:  # the verified file waits in tmp/ for the next apply
+            write_sidecar(job)  # which says what it is (a download that never saw a poll)
             self._fail(job, str(exc))
             return
         except OSError as exc:
             self._fail(job, f"{type(exc).__name__}: {exc.strerror or exc}")
             return
-        if isinstance(outcome, Refused):
+        if isinstance(outcome, Fetched):
+            self.events.emit(
+                "download_finish",
+                entry=d.name,
+                bytes=outcome.hashes.size,
+                size=outcome.hashes.size,
+                attempt=job.attempts,
+            )
+        if isinstance(outcome, Missed):
+            job.direct_missed = True
+            job.attempts -= 1  # not one of aria2's attempts
+            self.events.emit(
+                "download_retry", entry=d.name, attempt=job.attempts, reason=outcome.why
+            )
+            self._start_download(job)
+        elif isinstance(outcome, Refused):
             if not self._mirror_wrong(job, outcome.message):
                 self._fail(job, outcome.message)
         elif isinstance(outcome, Changed):
@@ -869,6 +1058,17 @@ class Executor:
         )
         self.results[d.name] = result
         self.reporter.file_finished(result)
+
+
+def _small(action: Action) -> bool:
+    """A file the in-process fetch may take: downloaded whole, its size and a hash pinned."""
+    d = action.desired
+    return (
+        action.kind in (ActionKind.DOWNLOAD, ActionKind.REPAIR)
+        and d.pinned
+        and d.size is not None
+        and 0 < d.size <= direct.DIRECT_MAX_SIZE
+    )
 
 
 def _short_body(st: DownloadStatus) -> bool:

@@ -201,6 +201,7 @@ class PrefixHasher:
         self._xxh = xxhash.xxh3_128()
         self._buffer = memoryview(bytearray(buffer_size))
         self._lock = threading.Lock()
+        self._file: tuple[int, int] | None = None  # (device, inode) of the prefix hashed
 
     def advance(self, upto: int, check: Callable[[int], None] | None = None) -> None:
         """Hash bytes [offset, upto) of the file; `check(n)` may raise to stop.
@@ -223,6 +224,14 @@ class PrefixHasher:
     def _read(self, upto: int, check: Callable[[int], None] | None, sync: bool = False) -> None:
         fd = os.open(self.path, os.O_RDONLY)
         try:
+            # The file deleted and made again (its folder removed, aria2 writing anew)
+            # holds other bytes where the prefix was: this hash would then vouch for
+            # bytes it never read. The caller hashes the whole file instead.
+            st = os.fstat(fd)
+            if self._file is None:
+                self._file = (st.st_dev, st.st_ino)
+            elif self._file != (st.st_dev, st.st_ino):
+                raise OSError(f"{self.path}: replaced by another file while it was hashed")
             while self.offset < upto:
                 view = self._buffer[: min(len(self._buffer), upto - self.offset)]
                 n = os.preadv(fd, [view], self.offset)

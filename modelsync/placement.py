@@ -46,28 +46,39 @@ def open_folder(root: Path, names: list[str]) -> int:
     """A descriptor of root/names..., made where missing, never through a link that leads
     out of root (a link to a folder inside root is followed)."""
     fd = os.open(root, _DIR_FLAGS)
-    real_root = os.path.realpath(root)
     try:
         for i, name in enumerate(names):
             rel = "/".join(names[: i + 1])
-            try:
-                os.mkdir(name, dir_fd=fd)
-            except FileExistsError:
-                pass
-            except OSError as exc:
-                raise PlacementError(_words(exc, rel, root)) from None
-            try:
+            try:  # most folders exist: open first, make it only when missing
                 nfd = os.open(name, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=fd)
+            except FileNotFoundError:
+                try:
+                    os.mkdir(name, dir_fd=fd)
+                except FileExistsError:
+                    pass
+                except OSError as exc:
+                    raise PlacementError(_words(exc, rel, root)) from None
+                nfd = _open_below(fd, name, rel, root)
             except OSError as exc:
                 if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
                     raise PlacementError(_words(exc, rel, root)) from None
-                nfd = _inside_link(fd, name, rel, root, real_root)
+                nfd = _inside_link(fd, name, rel, root, os.path.realpath(root))
             os.close(fd)
             fd = nfd
         return fd
     except BaseException:
         os.close(fd)
         raise
+
+
+def _open_below(fd: int, name: str, rel: str, root: Path) -> int:
+    """The folder just made (or made by another thread meanwhile), never through a link."""
+    try:
+        return os.open(name, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=fd)
+    except OSError as exc:
+        if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+            raise PlacementError(_words(exc, rel, root)) from None
+        return _inside_link(fd, name, rel, root, os.path.realpath(root))
 
 
 def _inside_link(fd: int, name: str, rel: str, root: Path, real_root: str) -> int:

@@ -277,6 +277,7 @@ class LineReporter:
 
     def __init__(self, console: Console = err_console) -> None:
         self.console = console
+        self.plain = console.color_system is None and not console.is_terminal
         self.totals = Totals()
         self.interval = _progress_interval()
         self.next_summary = time.monotonic() + self.interval
@@ -289,11 +290,19 @@ class LineReporter:
                 f"{bytes_to_download(total_bytes, unknown_sizes)} to download"
             )
 
+    def _say(self, style: str, word: str, rest: str) -> None:
+        """One line of a file's start or end. Without colours it is written as is: rich's
+        markup rendering costs more than the rest of a small file's download."""
+        if self.plain:
+            self.console.file.write(f"{word:>10}  {rest}\n")
+        else:
+            self.console.print(f"[{style}]{word:>10}[/]  {escape(rest)}")
+
     def file_started(self, name: str, path: str, size: int | None, already: int) -> None:
         self.totals.started(name, size, already)
         resumed = f", {human_size(already)} already here" if already else ""
         shown = human_size(size) if size is not None else "size unknown"
-        self.console.print(f"[cyan]{'start':>10}[/]  {escape(path)} ({shown}{resumed})")
+        self._say("cyan", "start", f"{path} ({shown}{resumed})")
 
     def file_progress(
         self, name: str, done: int, total: int | None, speed: int, connections: int
@@ -312,6 +321,10 @@ class LineReporter:
     def file_finished(self, result: EntryResult) -> None:
         self.totals.file_done(result.name)
         style = STATUS_STYLE[result.status]
+        if not (result.error or (result.cause and self.verbose)):
+            done = f"  ({human_size(result.bytes_downloaded)})" if result.bytes_downloaded else ""
+            self._say(style, result.status.value, f"{result.path or result.name}{done}")
+            return
         line = f"[{style}]{result.status.value:>10}[/]  {escape(result.path or result.name)}"
         if result.bytes_downloaded:
             line += f"  ({human_size(result.bytes_downloaded)})"

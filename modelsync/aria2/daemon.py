@@ -32,7 +32,7 @@ from modelsync.aria2.options import (
 )
 from modelsync.aria2.process import Aria2Process, free_port
 from modelsync.aria2.redaction import _scrub, _Secret
-from modelsync.aria2.rpc import _UNAUTHORIZED_CODE, Aria2RpcError, _Client
+from modelsync.aria2.rpc import _UNAUTHORIZED_CODE, _Client
 from modelsync.aria2.status import (
     _STATUS_KEYS,
     DownloadStatus,
@@ -41,7 +41,7 @@ from modelsync.aria2.status import (
     _missing_status,
     _parse_status,
 )
-from modelsync.errors import Aria2Unavailable, ModelsyncError
+from modelsync.errors import Aria2RpcError, Aria2Unavailable, ModelsyncError
 
 #: Timeout of one RPC call. Loopback answers in milliseconds; aria2 can stall while it
 #: does blocking disk work, so this is generous.
@@ -373,16 +373,35 @@ class Aria2Daemon:
         ``options`` are aria2 per-download options (``dir``, ``out``, ``split``,
         ``max-connection-per-server``, ``header`` (a list for several), …).
         """
-        if not uris:
-            raise ValueError("add() needs at least one URI")
-        opts: dict[str, str | list[str]] = {
-            str(k): (list(v) if isinstance(v, list) else str(v)) for k, v in options.items()
-        }
-        with self._rpc("addUri"):
-            gid = str(self._client.add_uri(list(uris), opts))
+        (answer,) = self.add_many([(uris, options)])
+        if isinstance(answer, Aria2RpcError):
+            raise answer
+        return answer
+
+    def add_many(
+        self, downloads: Sequence[tuple[list[str], Mapping[str, str | list[str]]]]
+    ) -> list[str | Aria2RpcError]:
+        """Queue several downloads in one round trip (system.multicall), in order; for
+        each its GID, or the error aria2 gave for that one alone (its options or URIs)."""
+        calls: list[tuple[str, list[Any]]] = []
+        for uris, options in downloads:
+            if not uris:
+                raise ValueError("add() needs at least one URI")
+            opts = {
+                str(k): (list(v) if isinstance(v, list) else str(v)) for k, v in options.items()
+            }
+            calls.append((self._client.ADD_URI, [list(uris), opts]))
+        out: list[str | Aria2RpcError] = []
+        for item in self._multicall("addUri", calls):
+            if isinstance(item, list) and item and isinstance(item[0], str):
+                out.append(item[0])
+            else:
+                fault = item if isinstance(item, Mapping) else {}
+                message = _scrub(str(fault.get("message", "unexpected answer")), self._secret)
+                out.append(Aria2RpcError("addUri", _int(fault.get("code", 0)), message))
         with self._ours_lock:
-            self._ours.add(gid)
-        return gid
+            self._ours.update(gid for gid in out if isinstance(gid, str))
+        return out
 
     def status(self, gids: Iterable[str]) -> list[DownloadStatus]:
         """Status of each GID, in order, in one round trip (system.multicall)."""
@@ -418,6 +437,14 @@ class Aria2Daemon:
         with self._ours_lock:
             self._ours.discard(gid)
         return ok
+
+    def remove_results(self, gids: Sequence[str]) -> None:
+        """Forget several stopped downloads' results in one round trip; one that has
+        none (already forgotten, or still running) is left as it is."""
+        calls = [(self._client.REMOVE_DOWNLOAD_RESULT, [gid]) for gid in gids]
+        self._multicall("removeDownloadResult", calls)
+        with self._ours_lock:
+            self._ours.difference_update(gids)
 
     def pause(self, gid: str, force: bool = True) -> bool:
         """Pause a download (kept in aria2's queue); False when it cannot be paused."""

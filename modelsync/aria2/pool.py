@@ -16,9 +16,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from modelsync.aria2.daemon import Aria2Daemon
-from modelsync.aria2.rpc import Aria2RpcError
 from modelsync.aria2.status import DownloadStatus, _missing_status
-from modelsync.errors import Aria2Unavailable
+from modelsync.errors import Aria2RpcError, Aria2Unavailable
 
 
 @dataclass
@@ -89,6 +88,18 @@ class Aria2Pool:
         self._members[index].downloads.add(pool_gid)
         return pool_gid
 
+    def add_many(
+        self, downloads: Sequence[tuple[list[str], Mapping[str, str | list[str]]]]
+    ) -> list[str | Aria2RpcError]:
+        """One at a time: each goes to the daemon least loaded after the one before."""
+        out: list[str | Aria2RpcError] = []
+        for uris, options in downloads:
+            try:
+                out.append(self.add(uris, options))
+            except Aria2RpcError as exc:
+                out.append(exc)
+        return out
+
     def status(self, gids: Iterable[str]) -> list[DownloadStatus]:
         """Status of each pool GID, in order; a dead daemon's downloads move first."""
         wanted = list(gids)
@@ -120,6 +131,13 @@ class Aria2Pool:
         member = self._members[download.index]
         member.downloads.discard(gid)
         return member.daemon.remove_result(download.gid)
+
+    def remove_results(self, gids: Sequence[str]) -> None:
+        for gid in gids:
+            try:
+                self.remove_result(gid)
+            except Aria2Unavailable:
+                continue  # a dead daemon's results went with it
 
     def close(self) -> None:
         for member in self._members:

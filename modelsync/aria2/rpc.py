@@ -1,4 +1,4 @@
-"""The JSON-RPC client (aria2p's, proxy-free) and the error for one failed call."""
+"""The JSON-RPC client (aria2p's, proxy-free); Aria2RpcError (errors.py) is its error."""
 
 from __future__ import annotations
 
@@ -9,23 +9,8 @@ import aria2p
 import requests
 
 from modelsync.aria2.redaction import _Secret
-from modelsync.errors import EXIT_FAILED, ModelsyncError
 
 _UNAUTHORIZED_CODE: Final = 1
-
-
-class Aria2RpcError(ModelsyncError):
-    """aria2 answered a call with an error (unknown GID, bad option, …).
-
-    The daemon itself is fine; this concerns one call (so one entry: exit code 1).
-    """
-
-    exit_code = EXIT_FAILED
-
-    def __init__(self, method: str, code: int, message: str) -> None:
-        super().__init__(f"aria2 {method} failed: {message} (code {code})")
-        self.method = method
-        self.code = code
 
 
 class _Client(aria2p.Client):

@@ -22,7 +22,7 @@ from modelsync.events import Events, Observed, run_secrets
 from modelsync.metrics import MetricsFile
 from modelsync.orphan import wait_for_orphan_daemon
 from modelsync.progress import NullReporter, Reporter
-from modelsync.reconcile import ActionKind, Plan
+from modelsync.reconcile import Plan
 from modelsync.results import EntryResult, Report, Status, free_bytes
 from modelsync.state import StateDB
 from modelsync.status import StatusFile
@@ -294,18 +294,30 @@ def _execute(
             link=settings.link,
             store=ws.store,
             mirror_first=settings.mirror_first,
+            direct=_direct_allowed(ws, request, speed),
         ),
         reporter=reporter,
         secrets=_secrets(ws, request),
         events=events,
     )
     try:
-        if any(a.kind is not ActionKind.VERIFY for a in plan.pending):
+        if executor.needs_aria2(plan):
             executor.daemon  # noqa: B018 - fail (exit 2) before any work if aria2 is unusable
         return executor.run(plan)
     finally:  # a signal between the spawn and run() must not leave aria2c behind either
         executor.close()
         ws.layout.daemon_pid.unlink(missing_ok=True)
+
+
+def _direct_allowed(ws: Workspace, request: ApplyRequest, speed: int) -> bool:
+    """Small files may be fetched in-process only where aria2 would add nothing: our own
+    aria2c (not the user's daemon, whose setup they chose), no [settings.aria2] options
+    (a proxy, a user agent, timeouts: aria2's alone), no speed limit, no mirror-first."""
+    from modelsync.aria2 import resolve_attach_settings
+
+    attach = resolve_attach_settings(request.aria2_url, request.aria2_secret, ws.env)
+    settings = ws.manifest.settings
+    return attach is None and not settings.aria2.options and not speed and not settings.mirror_first
 
 
 def _all_ok(plan: Plan) -> list[EntryResult]:

@@ -526,10 +526,17 @@ def test_no_secret_when_the_root_vanishes_mid_run(tmp_path: Path, fileserver: Fi
         fileserver.faults.stall_after = None
         fileserver.release_stalls()
         out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 1, err.decode()
     text = (out + err).decode()
-    # the entry fails, or the run stops at the first file it cannot write: both in words
-    assert ("failed" in text or "error:" in text) and "Traceback" not in text
+    assert "Traceback" not in text
+    if proc.returncode == 0:
+        # aria2 lost its file with the folder, made it again and started over (a file
+        # full of holes, found by its hash, then downloaded again): whole or nothing
+        placed = tmp_path / "models" / "m" / "a.bin"
+        assert placed.read_bytes() == served.data, err.decode()
+    else:
+        # the entry fails, or the run stops at the first file it cannot write: in words
+        assert proc.returncode == 1, err.decode()
+        assert "failed" in text or "error:" in text
     assert_nowhere([HF_TOKEN, CIV_TOKEN, SIGNATURE_MARK], {"apply's output": out + err})
     assert (
         not Path(f"/proc/{aria2_pid}").exists()

@@ -11,6 +11,7 @@ import xxhash
 from modelsync.hashing import (
     DEFAULT_BUFFER_SIZE,
     FileHashes,
+    PrefixHasher,
     hash_file,
     hash_files,
 )
@@ -163,3 +164,29 @@ def test_hash_files_progress_total(tmp_path: Path) -> None:
 
     hash_files(paths, workers=3, buffer_size=BUF, progress=progress)
     assert total == sum(p.stat().st_size for p in paths)
+
+
+def test_a_prefix_hasher_refuses_a_file_replaced_under_it(tmp_path: Path) -> None:
+    # The folder of a download removed and the file made again by aria2 (holes where the
+    # hashed prefix was): the prefix's hash must not vouch for the new file's bytes.
+    data = os.urandom(3 * 65536)
+    path = tmp_path / "partial.bin"
+    path.write_bytes(data)
+    hasher = PrefixHasher(path)
+    hasher.advance(65536)
+    path.unlink()
+    path.write_bytes(bytes(65536) + data[65536:])
+    with pytest.raises(OSError, match="replaced"):
+        hasher.finish(len(data))
+
+
+def test_a_prefix_hasher_of_a_growing_file_matches_one_pass(tmp_path: Path) -> None:
+    data = os.urandom(3 * 65536 + 7)
+    path = tmp_path / "partial.bin"
+    with open(path, "wb") as f:
+        f.write(data[:65536])
+        f.flush()
+        hasher = PrefixHasher(path)
+        hasher.advance(65536)
+        f.write(data[65536:])
+    assert hasher.finish(len(data)) == hash_file(path)
