@@ -201,7 +201,7 @@ class PrefixHasher:
         self._xxh = xxhash.xxh3_128()
         self._buffer = memoryview(bytearray(buffer_size))
         self._lock = threading.Lock()
-        self._file: tuple[int, int] | None = None  # (device, inode) of the prefix hashed
+        self._fd: int | None = None  # the file, held open from the first read to finish
 
     def advance(self, upto: int, check: Callable[[int], None] | None = None) -> None:
         """Hash bytes [offset, upto) of the file; `check(n)` may raise to stop.
@@ -218,34 +218,46 @@ class PrefixHasher:
 
     def finish(self, size: int, check: Callable[[int], None] | None = None) -> FileHashes:
         with self._lock:
-            self._read(size, check)
-            return FileHashes(self.offset, self._sha.hexdigest(), self._xxh.hexdigest())
+            try:
+                self._read(size, check)
+                # The bytes hashed are those of the file held open since the first read:
+                # the path must still name that file. A partial deleted and made again
+                # (its folder removed, aria2 writing anew) holds other bytes where the
+                # prefix was, and this hash would vouch for bytes it never read.
+                held, now = os.fstat(self._open()), os.stat(self.path)
+                if (held.st_dev, held.st_ino) != (now.st_dev, now.st_ino) or not held.st_nlink:
+                    raise OSError(f"{self.path}: replaced by another file while it was hashed")
+                return FileHashes(self.offset, self._sha.hexdigest(), self._xxh.hexdigest())
+            finally:
+                self.close()
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __del__(self) -> None:  # a hasher dropped by a retry
+        self.close()
+
+    def _open(self) -> int:
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_RDONLY)
+        return self._fd
 
     def _read(self, upto: int, check: Callable[[int], None] | None, sync: bool = False) -> None:
-        fd = os.open(self.path, os.O_RDONLY)
-        try:
-            # The file deleted and made again (its folder removed, aria2 writing anew)
-            # holds other bytes where the prefix was: this hash would then vouch for
-            # bytes it never read. The caller hashes the whole file instead.
-            st = os.fstat(fd)
-            if self._file is None:
-                self._file = (st.st_dev, st.st_ino)
-            elif self._file != (st.st_dev, st.st_ino):
-                raise OSError(f"{self.path}: replaced by another file while it was hashed")
-            while self.offset < upto:
-                view = self._buffer[: min(len(self._buffer), upto - self.offset)]
-                n = os.preadv(fd, [view], self.offset)
-                if not n:
-                    raise OSError(f"{self.path}: file shorter than {upto} bytes")
-                self._sha.update(view[:n])
-                self._xxh.update(view[:n])
-                self.offset += n
-                if check is not None:
-                    check(n)
-            if sync:
-                os.fdatasync(fd)
-        finally:
-            os.close(fd)
+        fd = self._open()
+        while self.offset < upto:
+            view = self._buffer[: min(len(self._buffer), upto - self.offset)]
+            n = os.preadv(fd, [view], self.offset)
+            if not n:
+                raise OSError(f"{self.path}: file shorter than {upto} bytes")
+            self._sha.update(view[:n])
+            self._xxh.update(view[:n])
+            self.offset += n
+            if check is not None:
+                check(n)
+        if sync:
+            os.fdatasync(fd)
 
 
 def git_blob_sha1(path: StrPath) -> str:
