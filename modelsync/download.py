@@ -20,17 +20,29 @@ from modelsync.remote import Desired, RemoteFile
 from modelsync.upstream import Upstream
 
 MIB = 1 << 20
-MIN_SEGMENT = 8 * MIB  # aria2 splits files in segments of at least this much
+MIN_SEGMENT = 1 * MIB  # aria2's floor for min-split-size
+MAX_SEGMENT = 8 * MIB  # large files: fewer, longer requests (1 GiB makes ~120, not ~1000)
 MAX_CONNECTIONS = 16  # aria2's cap per server
 
 
+def segment_for(size: int | None) -> int:
+    """The segment size aria2 splits a file into: a sixteenth of it, from 1 to 8 MiB, so
+    that a mid-size file gets all 16 connections too (on a server that caps each
+    connection, a 16 MiB file takes 1/16 of the time with 1 MiB segments that it takes
+    in 8 MiB ones, whose 2 connections leave 14 idle)."""
+    if size is None:
+        return MAX_SEGMENT
+    sixteenth = math.ceil(size / MAX_CONNECTIONS / MIB) * MIB
+    return max(MIN_SEGMENT, min(MAX_SEGMENT, sixteenth))
+
+
 def connections_for(size: int | None, override: int = 0) -> int:
-    """One connection per 8 MiB segment, up to aria2's 16 (a 64 MiB file gets 8)."""
+    """One connection per segment, up to aria2's 16 (a 2 MiB file gets 2, 16 MiB 16)."""
     if override:
         return min(override, MAX_CONNECTIONS)
     if size is None:
         return MAX_CONNECTIONS
-    return max(1, min(MAX_CONNECTIONS, math.ceil(size / MIN_SEGMENT)))
+    return max(1, min(MAX_CONNECTIONS, math.ceil(size / segment_for(size))))
 
 
 @dataclass
@@ -154,13 +166,14 @@ def aria2_options(
     """aria2's per-download options: where to write, how many connections, in order;
     `tuning` ([settings.aria2]'s per-download options) last, so a user's min-split-size
     wins (tuning.py refuses every option whose value modelsync depends on)."""
-    n = connections_for(job.desired.size or remote.size, job.desired.connections or connections)
+    size = job.desired.size or remote.size
+    n = connections_for(size, job.desired.connections or connections)
     options: dict[str, str | list[str]] = {
         "dir": str(job.tmp.parent),
         "out": job.tmp.name,
         "split": str(n),
         "max-connection-per-server": str(n),
-        "min-split-size": f"{MIN_SEGMENT // MIB}M",
+        "min-split-size": f"{segment_for(size) // MIB}M",
         # Fill the file from the front, so that most of it is hashed (and flushed)
         # while the rest downloads: 88-99% at completion, against ~6% with aria2's
         # default of one region per connection (benchmarks/bench_download.py).

@@ -67,6 +67,7 @@ PROBE_WAIT = 15.0  # seconds a finished download waits at most for a HEAD's answ
 #: How often one apply starts its own aria2c again after it died (killed, OOM): a third
 #: death means something kills it on purpose or keeps running out of memory.
 MAX_RESTARTS = 2
+LOCATE_WORKERS = 8  # requests at once to learn where downloads are (see _locate_ahead)
 
 
 class Cancelled(Exception):
@@ -221,6 +222,7 @@ class Executor:
         if self.direct:
             self.in_tmp = set(os.listdir(self.layout.tmp))
         try:
+            self._locate_ahead(pending)
             for action in pending:
                 job = Job(action, None, self.layout.partial(action.desired.path))
                 if action.kind is ActionKind.VERIFY:
@@ -248,6 +250,27 @@ class Executor:
                 d = action.desired
                 self.results[d.name] = EntryResult(d.name, d.path, "ok", Status.OK, d.size)
         return [self.results[a.desired.name] for a in plan.actions]
+
+    def _locate_ahead(self, pending: list[Action]) -> None:
+        """Where each download is fetched from, asked for all at once: a Hugging Face or
+        Civitai file costs a request (the CDN URL it redirects to), which one after the
+        other, in the loop that starts the downloads, added up to a second per 40 files.
+        A failure is left for that loop, which asks again and says it."""
+        names = [
+            a.desired.name
+            for a in pending
+            if a.kind in (ActionKind.DOWNLOAD, ActionKind.REPAIR, ActionKind.RESUME)
+            and a.desired.fetchable
+        ]
+        if len(names) < 2:
+            return
+
+        def ask(name: str) -> None:
+            with contextlib.suppress(Exception):
+                self.resolver(name, False)
+
+        with ThreadPoolExecutor(max_workers=LOCATE_WORKERS) as pool:
+            list(pool.map(ask, names))
 
     # ---- scheduling ----------------------------------------------------------
 

@@ -199,6 +199,8 @@ def locate(entry: Entry, ctx: SourceContext, *, fresh: bool = False) -> RemoteFi
     if not fresh and key in ctx.located:
         return ctx.located[key]
     remote = resolve(entry, ctx)
+    if not fresh and key in ctx.located:  # the HEAD of resolve said where it is now
+        return ctx.located[key]
     kind = source_of(entry, ctx.env)
     if kind == "hf":
         from . import huggingface

@@ -120,6 +120,9 @@ class FakeHub(BaseServer):
         self.signed_url_ttl = 3600.0
         self.repos: dict[tuple[RepoType, str], HubRepo] = {}
         self.renamed: dict[str, str] = {}  # old repo id -> new one (answered with 307)
+        # Another server holding the CDN's files at the same paths (benchmarks: nginx,
+        # capped like a real CDN): resolve then redirects there, unsigned.
+        self.cdn_base: str | None = None
 
     def start(self) -> Self:
         self.cdn.start()
@@ -156,7 +159,7 @@ class FakeHub(BaseServer):
         repo.branches[revision] = commit
         repo.commits[commit] = hub_files
         for f in hub_files.values():
-            self.cdn.add_bytes(self._cdn_path(f), f.data)
+            self.cdn.add_bytes(self.cdn_path(f), f.data)
         return commit
 
     def resolve_url(
@@ -173,7 +176,7 @@ class FakeHub(BaseServer):
         return f.size >= self.lfs_threshold
 
     @staticmethod
-    def _cdn_path(f: HubFile) -> str:
+    def cdn_path(f: HubFile) -> str:
         return f"/repos/{f.sha256[:2]}/{f.sha256[2:4]}/{f.sha256}"
 
     # -- routing -------------------------------------------------------------------------------
@@ -307,9 +310,12 @@ class FakeHub(BaseServer):
             content = Content.of_bytes(f.data, etag=f'"{git_blob_sha1(f.data)}"')
             self.send_content(h, rec, content, Faults(), common)
             return
-        location = self.cdn.signed_url(
-            self._cdn_path(f), ttl=self.signed_url_ttl, filename=posixpath.basename(f.path)
-        )
+        if self.cdn_base is not None:
+            location = self.cdn_base.rstrip("/") + self.cdn_path(f)
+        else:
+            location = self.cdn.signed_url(
+                self.cdn_path(f), ttl=self.signed_url_ttl, filename=posixpath.basename(f.path)
+            )
         headers = {
             **common,
             "Location": location,
