@@ -20,16 +20,18 @@ from modelsync.remote import Desired, RemoteFile
 from modelsync.upstream import Upstream
 
 MIB = 1 << 20
-MIN_SEGMENT = 1 * MIB  # aria2's floor for min-split-size
+# aria2 asks for each segment up to the end of the file and hangs up where the next one
+# begins: what the server has pushed into the sockets by then (~0.5 MiB per cut on
+# loopback) is sent for nothing. 4 MiB segments keep that waste near a tenth at worst.
+MIN_SEGMENT = 4 * MIB
 MAX_SEGMENT = 8 * MIB  # large files: fewer, longer requests (1 GiB makes ~120, not ~1000)
 MAX_CONNECTIONS = 16  # aria2's cap per server
 
 
 def segment_for(size: int | None) -> int:
-    """The segment size aria2 splits a file into: a sixteenth of it, from 1 to 8 MiB, so
-    that a mid-size file gets all 16 connections too (on a server that caps each
-    connection, a 16 MiB file takes 1/16 of the time with 1 MiB segments that it takes
-    in 8 MiB ones, whose 2 connections leave 14 idle)."""
+    """The segment size aria2 splits a file into: a sixteenth of it, from 4 to 8 MiB, so
+    that a mid-size file gets more connections (on a server that caps each connection,
+    a 64 MiB file takes half the time with 16 segments of 4 MiB than with 8 of 8 MiB)."""
     if size is None:
         return MAX_SEGMENT
     sixteenth = math.ceil(size / MAX_CONNECTIONS / MIB) * MIB
@@ -37,7 +39,7 @@ def segment_for(size: int | None) -> int:
 
 
 def connections_for(size: int | None, override: int = 0) -> int:
-    """One connection per segment, up to aria2's 16 (a 2 MiB file gets 2, 16 MiB 16)."""
+    """One connection per segment, up to aria2's 16 (16 MiB gets 4, 64 MiB and more 16)."""
     if override:
         return min(override, MAX_CONNECTIONS)
     if size is None:
