@@ -28,6 +28,7 @@ demo: install
 	$(BIN)/python manifests/demo.py
 
 bench: install
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python benchmarks/run_all.py
 
 clean:

@@ -14,7 +14,8 @@ from fork to exit, best of --repeat, interleaved):
   modelsync plan --check          exit 0 proves "in sync"
   modelsync apply --no-progress   a no-op apply: lock, plan, nothing to do
 
-Targets: plan and apply each < 2 s; peak RSS < 150 MB; no file content read. The
+Targets: plan and apply each < 2 s and peak RSS < 150 MB up to 10,000 files, < 15 s and
+< 400 MB up to 100,000 (`--files 100000`); no file content read. The
 last one is shown by running each command once more under
 `strace -f -e trace=openat,open,creat,connect` and counting opens of regular files
 under root outside .modelsync/ (must be 0) and connect() calls to any inet address
@@ -54,8 +55,19 @@ from benchmarks.common import (
     verdicts,
 )
 
-TARGET_SECONDS = 2.0
-TARGET_RSS_MB = 150.0  # SPEC says MB; ru_maxrss is reported in MiB, the stricter reading
+# SPEC §7 and §8: (files up to, seconds, peak RSS in MB; ru_maxrss is in MiB, the
+# stricter reading). Above 100,000 files the 100,000 targets apply.
+TARGETS = ((10_000, 2.0, 150.0), (100_000, 15.0, 400.0))
+
+
+def targets_for(files: int) -> tuple[float, float]:
+    """The (seconds, RSS MB) targets of a root of `files` files."""
+    for upto, seconds, rss in TARGETS:
+        if files <= upto:
+            return seconds, rss
+    return TARGETS[-1][1], TARGETS[-1][2]
+
+
 DIR_NAMES = [
     "checkpoints",
     "loras",
@@ -164,6 +176,7 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="bench_noop-", dir=args.tmpdir))
     try:
         manifest = build(tmp, args.files, args.dirs, port)
+        target_seconds, target_rss = targets_for(args.files)
         root = tmp / "models"
         print(
             f"folder: {args.files} files of 1-4 KiB in {args.dirs} folders; manifest "
@@ -209,8 +222,8 @@ def main() -> int:
                     name,
                     t.seconds,
                     ratio=t.seconds / base,
-                    target=f"< {TARGET_SECONDS:g} s" if mine else "",
-                    met=t.seconds < TARGET_SECONDS if mine else None,
+                    target=f"< {target_seconds:g} s" if mine else "",
+                    met=t.seconds < target_seconds if mine else None,
                     note=f"cpu {t.cpu_seconds:.2f} s",
                 )
             )
@@ -219,8 +232,8 @@ def main() -> int:
                 Row(
                     f"{name.split(' --')[0]}: peak RSS",
                     None,
-                    target=f"< {TARGET_RSS_MB:g} MB",
-                    met=rss[name] < TARGET_RSS_MB,
+                    target=f"< {target_rss:g} MB",
+                    met=rss[name] < target_rss,
                     note=f"{rss[name]:.0f} MiB",
                 )
             )
