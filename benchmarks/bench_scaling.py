@@ -26,11 +26,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only, no display
-import matplotlib.pyplot as plt
-
 from benchmarks.bench_download import Bench as SizeBench
 from benchmarks.bench_download import make_file
 from benchmarks.bench_noop import build, dead_port
@@ -115,6 +110,13 @@ def by_entries(work: Path, entries: tuple[int, ...]) -> dict[str, list[float]]:
 def plot(
     path: Path, title: str, xs: list[int], series: dict[str, list[float]], xlabel: str, ylabel: str
 ) -> None:
+    # Imported once every point is measured: a child forked from a parent that holds
+    # matplotlib would report that parent's size as its own peak RSS.
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
     for name, ys in series.items():
         ax.plot(xs[: len(ys)], ys, marker="o", label=name)
@@ -150,37 +152,39 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-scaling-", dir=args.tmpdir) as tmp:
         work = Path(tmp)
         work.chmod(0o755)  # nginx workers run as nobody when we are root
-        print("time vs file count (64 KiB each):")
-        files = by_count(work, nginx, counts)
-        plot(
-            args.out / "scaling-files.png",
-            f"N files of 64 KiB, nginx on loopback\n{where}",
-            list(counts),
-            files,
-            "files",
-            "seconds (wall, end to end)",
-        )
-        print("time vs file size (one file):")
-        size = by_size(work, nginx, sizes)
-        plot(
-            args.out / "scaling-size.png",
-            f"One file, nginx on loopback\n{where}",
-            [s // MiB for s in sizes],
-            size,
-            "MiB",
-            "seconds (wall, end to end)",
-        )
+        # First, while this process is small: a child's ru_maxrss counts the parent it
+        # was forked from (before exec), so a big parent would show as the child's peak.
         print("peak RSS vs manifest size (no-op on a synced root):")
         rss = by_entries(work, entries)
-        memory = {"plan --check": rss["plan --check"], "apply": rss["apply"]}
-        plot(
-            args.out / "scaling-rss.png",
-            f"No-op plan/apply, peak RSS\n{where}",
-            list(entries),
-            memory,
-            "entries (files)",
-            "peak RSS (MiB)",
-        )
+        print("time vs file count (64 KiB each):")
+        files = by_count(work, nginx, counts)
+        print("time vs file size (one file):")
+        size = by_size(work, nginx, sizes)
+    plot(
+        args.out / "scaling-files.png",
+        f"N files of 64 KiB, nginx on loopback\n{where}",
+        list(counts),
+        files,
+        "files",
+        "seconds (wall, end to end)",
+    )
+    plot(
+        args.out / "scaling-size.png",
+        f"One file, nginx on loopback\n{where}",
+        [s // MiB for s in sizes],
+        size,
+        "MiB",
+        "seconds (wall, end to end)",
+    )
+    memory = {"plan --check": rss["plan --check"], "apply": rss["apply"]}
+    plot(
+        args.out / "scaling-rss.png",
+        f"No-op plan/apply, peak RSS\n{where}",
+        list(entries),
+        memory,
+        "entries (files)",
+        "peak RSS (MiB)",
+    )
     return 0
 
 
