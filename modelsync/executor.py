@@ -67,6 +67,7 @@ PROBE_WAIT = 15.0  # seconds a finished download waits at most for a HEAD's answ
 #: How often one apply starts its own aria2c again after it died (killed, OOM): a third
 #: death means something kills it on purpose or keeps running out of memory.
 MAX_RESTARTS = 2
+FIRST_POLL_GAP = 0.025  # seconds; see Executor.poll_gap
 LOCATE_WORKERS = 8  # requests at once to learn where downloads are (see _locate_ahead)
 
 
@@ -189,6 +190,9 @@ class Executor:
         self.adding: list[tuple[Job, list[str], dict[str, str | list[str]]]] = []
         self.forgotten: list[str] = []
         self.next_poll = 0.0
+        # Polls start 25 ms apart and double up to poll_interval while nothing ends: a
+        # small file is seen done in milliseconds, a long download costs a few polls more.
+        self.poll_gap = FIRST_POLL_GAP
         self.direct = False  # this run fetches small files in-process (run() decides)
         self.fetchers: ThreadPoolExecutor | None = None
         self.in_tmp: set[str] = set()  # names in tmp/ when the run began
@@ -281,8 +285,10 @@ class Executor:
                 self.waiting.remove(job)
                 self._add_to_aria2(job, fresh=True)
             if self.active and now >= self.next_poll:
-                self.next_poll = now + self.options.poll_interval
-                self._poll_aria2()
+                ended = self._poll_aria2()
+                ceiling = self.options.poll_interval
+                self.poll_gap = FIRST_POLL_GAP if ended else min(self.poll_gap * 2, ceiling)
+                self.next_poll = now + min(self.poll_gap, ceiling)
         except Aria2Unavailable as exc:
             self._daemon_lost(exc)
         self._flush_to_aria2()
@@ -588,8 +594,10 @@ class Executor:
                     "its size is unknown); free some space and run apply again",
                 )
 
-    def _poll_aria2(self) -> None:
+    def _poll_aria2(self) -> bool:
+        """One look at every active download; True when one of them ended."""
         now = time.monotonic()
+        ended = False
         full: list[tuple[Job, DownloadStatus]] = []  # aria2 error 9: the disk is full
         for st in self.daemon.status(list(self.active)):
             job = self.active[st.gid]
@@ -610,6 +618,7 @@ class Executor:
                 st.download_speed,
                 st.connections,
             )
+            ended = ended or st.status in ("complete", "error", "removed")
             if st.status == "complete":
                 self.events.emit(
                     "download_finish",
@@ -632,6 +641,7 @@ class Executor:
                 self._retry(job, f"no progress for {self.options.stall_timeout:.0f}s")
         if full:
             self._out_of_space(full)
+        return ended
 
     def _hash_ahead(self, job: Job, st: DownloadStatus) -> None:
         """Overlap hashing with the download: hash the prefix aria2 has finished.
