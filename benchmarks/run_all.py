@@ -107,9 +107,7 @@ def run(name: str, argv: list[str]) -> tuple[int, str, float]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument(
-        "--only", default=",".join(ORDER), help=f"comma-separated: {','.join(ORDER)}"
-    )
+    ap.add_argument("--only", default=",".join(ORDER), help=f"comma-separated: {','.join(ORDER)}")
     ap.add_argument("--repeat", type=int, help="best of N, for every benchmark (each's default)")
     ap.add_argument("--size-mib", type=int, help="bench_download file size (1024)")
     ap.add_argument("--hash-size-mib", type=int, help="bench_hash file size (1024)")
