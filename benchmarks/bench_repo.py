@@ -36,10 +36,12 @@ The repository: 40 files in nested folders, random bytes (nothing compresses or 
 
 Wall time from fork to exit (benchmarks/common.py run_timed), median of --repeat,
 methods interleaved; every output is deleted (and the page cache synced) after its run.
-The "cdn" notes come from nginx's access log: requests and connections each method made
-to the CDN, the most requests it had in flight at once, the average in flight while it
-was transferring (sum of request times / first request to last byte), and when its
-first CDN request started and its last byte left, in seconds after its fork.
+The notes: CPU seconds of the method's process and the children it reaped (modelsync's
+aria2c included; nginx and the fake Hub not), and from nginx's access log ("cdn") the
+requests and connections each method made to the CDN, the most requests it had in
+flight at once, the average in flight while it was transferring (sum of request times
+/ first request to last byte), and when its first CDN request started and its last
+byte left, in seconds after its fork.
 `--detail` prints, for the last run of each method, each LFS file's CDN requests,
 connections and start/end (the order and overlap of its downloads). `--variant ARGS`
 also times `modelsync apply ... ARGS` (e.g. "--jobs 16"), `--also DIR` the modelsync
@@ -172,13 +174,15 @@ class Served:
     first: float = 0.0  # first request's start, seconds after the method's fork
     last: float = 0.0  # last byte sent, seconds after the fork
     per_file: dict[str, tuple[int, int, float, float]] | None = None  # reqs, conns, start, end
+    cpu: float = 0.0  # user + system seconds of the method's process and what it reaped
 
     def note(self) -> str:
+        cpu = f"cpu {self.cpu:.2f} s"
         if not self.requests:
-            return ""
+            return cpu
         return (
-            f"cdn {self.requests} req/{self.connections} conn, in flight max {self.peak} "
-            f"avg {self.mean:.1f}, {self.first:.2f}-{self.last:.2f} s"
+            f"{cpu}; cdn {self.requests} req/{self.connections} conn, in flight max "
+            f"{self.peak} avg {self.mean:.1f}, {self.first:.2f}-{self.last:.2f} s"
         )
 
 
@@ -244,6 +248,7 @@ class Bench:
         self.out = work / "out"
         self.urls = {p: self._url(p) for p in files}  # (hashing 566 MiB takes a while)
         self.fork = 0.0  # unix time of the last run's fork (nginx logs unix times)
+        self.cpu = 0.0  # CPU seconds of the last run
         self.served: dict[str, list[Served]] = defaultdict(list)
         self.hub_requests: dict[str, list[int]] = defaultdict(list)
 
@@ -255,7 +260,9 @@ class Bench:
 
     def _run(self, cmd: list[str], env: dict[str, str], cwd: Path | None = None) -> Timed:
         self.fork = time.time()
-        return run_timed(cmd, env=env, cwd=cwd)
+        t = run_timed(cmd, env=env, cwd=cwd)
+        self.cpu = t.cpu_seconds
+        return t
 
     def _check(self, folder: Path, what: str) -> None:
         for path, data in self.files.items():
@@ -330,7 +337,9 @@ class Bench:
         self.hub.reset_log()
         seconds = fn()
         self.hub_requests[name].append(len(self.hub.requests))
-        self.served[name].append(self._served(before, before_uris, self.fork))
+        served = self._served(before, before_uris, self.fork)
+        served.cpu = self.cpu
+        self.served[name].append(served)
         shutil.rmtree(self.out, ignore_errors=True)
         os.sync()  # the next run does not pay for this one's writes
         return seconds
