@@ -1,6 +1,6 @@
 """How modelsync scales: three plots for docs/ (SPEC §8, issue 13).
 
-    python benchmarks/bench_scaling.py [--quick] [--out docs] [--tmpdir DIR]
+    python benchmarks/bench_scaling.py [--quick] [--max-size 1G] [--out docs] [--tmpdir DIR]
 
   time vs file count   N files of 64 KiB (10 -> 10,000) from nginx on loopback:
                        `modelsync apply` vs `aria2c -j16 -i` (benchmarks/bench_small.py)
@@ -12,7 +12,9 @@
 One run per point (they are many; bench_small/bench_download/bench_noop give medians of
 repeats for the points SPEC names). Writes docs/scaling-files.png, scaling-size.png and
 scaling-rss.png (matplotlib, `pip install -e '.[bench]'`; `make bench` installs it) and
-prints every point. `--quick` stops at 1,000 files, 256 MiB and 10,000 entries.
+prints every point, then a table of them. `--quick` stops at 1,000 files, 256 MiB and
+10,000 entries; `--max-size` drops the sizes above it (e.g. `--max-size 1G`: no 4 GiB file).
+The size points need the served file plus one copy of it on disk (8 GiB at 4 GiB).
 """
 
 from __future__ import annotations
@@ -107,6 +109,42 @@ def by_entries(work: Path, entries: tuple[int, ...]) -> dict[str, list[float]]:
     return out
 
 
+def parse_size(text: str) -> int:
+    """`1G`, `256M`, `4096` (MiB) -> bytes."""
+    text = text.strip().upper().removesuffix("IB").removesuffix("B")
+    units = {"K": 1024, "M": MiB, "G": 1024 * MiB, "T": 1024 * 1024 * MiB}
+    if text and text[-1] in units:
+        return int(float(text[:-1]) * units[text[-1]])
+    return int(float(text) * MiB)
+
+
+def label(n: int) -> str:
+    """A size or count in the table: 64 KiB, 16 MiB, 4 GiB."""
+    if n >= 1024 * MiB:
+        return f"{n / (1024 * MiB):g} GiB"
+    return f"{n / MiB:g} MiB"
+
+
+def points_table(
+    title: str, xs: list[str], series: dict[str, list[float]], ratio: bool = True
+) -> None:
+    """Every point of one plot; `ratio` is the last series over the first."""
+    names = list(series)
+    print(f"\n{title}")
+    header = f"  {'':>10}" + "".join(f" {n:>18}" for n in names) + (" ratio" if ratio else "")
+    print(header)
+    print("  " + "-" * (len(header) - 2))
+    for i, x in enumerate(xs):
+        ys = [series[n][i] if i < len(series[n]) else None for n in names]
+        cells = "".join(
+            f" {'-' if y is None else f'{y:.2f}' if y < 100 else f'{y:.0f}':>18}" for y in ys
+        )
+        last, first = ys[-1], ys[0]
+        share = f" {last / first:.2f}x" if ratio and first and last is not None else ""
+        print(f"  {x:>10}{cells}{share}")
+    sys.stdout.flush()
+
+
 def plot(
     path: Path, title: str, xs: list[int], series: dict[str, list[float]], xlabel: str, ylabel: str
 ) -> None:
@@ -136,6 +174,11 @@ def plot(
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smaller points (about a minute)")
+    ap.add_argument(
+        "--max-size",
+        type=parse_size,
+        help="largest file of the size plot, e.g. 1G (default: 4G; 256M with --quick)",
+    )
     ap.add_argument("--out", type=Path, default=REPO / "docs", help="where the PNGs go (docs/)")
     ap.add_argument("--tmpdir", type=Path, help="where the files go (default: $TMPDIR)")
     args = ap.parse_args()
@@ -145,6 +188,8 @@ def main() -> int:
         return 2
     counts = COUNTS[:-1] if args.quick else COUNTS
     sizes = SIZES[:3] if args.quick else SIZES
+    if args.max_size is not None:
+        sizes = tuple(s for s in SIZES if s <= args.max_size)
     entries = ENTRIES[:-1] if args.quick else ENTRIES
     where = f"{machine()}; commit {_commit()}"
     print(f"bench_scaling: {where}")
@@ -159,7 +204,29 @@ def main() -> int:
         print("time vs file count (64 KiB each):")
         files = by_count(work, nginx, counts)
         print("time vs file size (one file):")
-        size = by_size(work, nginx, sizes)
+        size = by_size(work, nginx, sizes) if sizes else {}
+    points_table(
+        "time vs file count (64 KiB each), seconds; ratio = modelsync / aria2c",
+        [f"{n:,}" for n in counts],
+        files,
+    )
+    if size:
+        points_table(
+            "time vs file size (one file), seconds; ratio = modelsync / aria2c",
+            [label(s) for s in sizes],
+            size,
+        )
+    points_table(
+        "no-op on a synced root: seconds and peak RSS (MiB)",
+        [f"{n:,}" for n in entries],
+        {
+            "plan --check s": rss["plan s"],
+            "plan --check MiB": rss["plan --check"],
+            "apply s": rss["apply s"],
+            "apply MiB": rss["apply"],
+        },
+        ratio=False,
+    )
     plot(
         args.out / "scaling-files.png",
         f"N files of 64 KiB, nginx on loopback\n{where}",
@@ -168,14 +235,15 @@ def main() -> int:
         "files",
         "seconds (wall, end to end)",
     )
-    plot(
-        args.out / "scaling-size.png",
-        f"One file, nginx on loopback\n{where}",
-        [s // MiB for s in sizes],
-        size,
-        "MiB",
-        "seconds (wall, end to end)",
-    )
+    if size:
+        plot(
+            args.out / "scaling-size.png",
+            f"One file, nginx on loopback\n{where}",
+            [s // MiB for s in sizes],
+            size,
+            "MiB",
+            "seconds (wall, end to end)",
+        )
     memory = {"plan --check": rss["plan --check"], "apply": rss["apply"]}
     plot(
         args.out / "scaling-rss.png",
