@@ -664,7 +664,7 @@ def _main(args: list[str], stopped_by: list[int]) -> None:
     except typer.TyperException as exc:  # click's: unknown option, missing argument, ...
         _usage_error(exc, args)
     except (KeyboardInterrupt, typer.Abort):
-        _interrupted(stopped_by)
+        _interrupted(stopped_by, args)
     except OSError as exc:  # the disk said no where we did not expect it: no traceback
         where = f" ({exc.filename})" if exc.filename else ""
         message = _redacted(f"{exc.strerror or exc}{where}")
@@ -676,7 +676,7 @@ def _main(args: list[str], stopped_by: list[int]) -> None:
         hint = "please report it; MODELSYNC_DEBUG=1 shows the traceback (it may hold secrets)"
         _fail(ModelsyncError(message, hint, exit_code=EXIT_FAILED), args)
     if code == EXIT_INTERRUPTED:
-        _interrupted(stopped_by)
+        _interrupted(stopped_by, args)
     sys.exit(code if isinstance(code, int) else 0)
 
 
@@ -780,12 +780,23 @@ def _command_of(args: list[str]) -> str | None:
     return first if first in names else None
 
 
-def _interrupted(stopped_by: list[int]) -> NoReturn:
+# What an interrupted command leaves behind; the others leave nothing to speak of.
+LEFT_BEHIND = {
+    "apply": "partial downloads are kept for the next run",
+    "lock": "partial downloads are kept for the next run",
+    "import": "the manifest was not changed; hashes computed so far are cached",
+    "mirror": "blobs already exported are complete; the next export goes on from them",
+}
+
+
+def _interrupted(stopped_by: list[int], args: list[str]) -> NoReturn:
+    said = LEFT_BEHIND.get(_command_of(args) or "")
+    tail = f"; {said}" if said else ""
     if not stopped_by:
-        ui.err_console.print("interrupted; partial downloads are kept for the next run")
+        ui.err_console.print(f"interrupted{tail}")
         sys.exit(EXIT_INTERRUPTED)
     signum = stopped_by[0]
     with contextlib.suppress(OSError):  # after SIGHUP the terminal may be gone
         name = signal.Signals(signum).name
-        ui.err_console.print(f"stopped by {name}; partial downloads are kept for the next run")
+        ui.err_console.print(f"stopped by {name}{tail}")
     sys.exit(128 + signum)  # what a shell reports for a process a signal ended

@@ -24,7 +24,7 @@ import hashlib
 import os
 import threading
 from collections.abc import Callable, Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -128,6 +128,7 @@ def hash_files(
     buffer_size: int = DEFAULT_BUFFER_SIZE,
     progress: Callable[[int], None] | None = None,
     with_sha256: bool = True,
+    on_result: Callable[[P, FileHashes | OSError], None] | None = None,
 ) -> dict[P, FileHashes | OSError]:
     """Hash several files in parallel threads (hashlib and xxhash release the GIL).
 
@@ -139,7 +140,9 @@ def hash_files(
     others). `workers` defaults to os.cpu_count(). `progress(n)`, if given, is
     called from the worker threads, so it must be thread-safe. On an exception in
     the caller's thread (Ctrl-C) or from `progress`, the remaining work is stopped
-    within one buffer and the exception propagates.
+    within one buffer and the exception propagates. `on_result(path, result)`, if
+    given, is called in the caller's thread as each file is done (in any order), so a
+    caller can keep what was hashed before an interruption.
     """
     if buffer_size < 1:
         raise ValueError(f"buffer_size must be positive, got {buffer_size}")
@@ -155,6 +158,8 @@ def hash_files(
                 results[p] = _hash_path(p, view, progress, None, with_sha256)
             except OSError as exc:
                 results[p] = exc
+            if on_result is not None:
+                on_result(p, results[p])
         return results
 
     cancel = threading.Event()
@@ -171,17 +176,18 @@ def hash_files(
 
     pool = ThreadPoolExecutor(n_workers, thread_name_prefix="modelsync-hash")
     try:
-        futures: list[tuple[P, Future[FileHashes | OSError]]] = [
-            (p, pool.submit(work, p)) for p in items
-        ]
-        for p, fut in futures:
+        futures: dict[Future[FileHashes | OSError], P] = {pool.submit(work, p): p for p in items}
+        for fut in as_completed(futures):
+            p = futures[fut]
             results[p] = fut.result()
+            if on_result is not None:
+                on_result(p, results[p])
     except BaseException:
         cancel.set()
         pool.shutdown(wait=True, cancel_futures=True)
         raise
     pool.shutdown(wait=True)
-    return results
+    return {p: results[p] for p in items}
 
 
 class PrefixHasher:

@@ -193,12 +193,14 @@ def _hashed(
                 out[f.relpath] = row.hashes
             else:
                 todo.append(f)
-        fresh = _hash_now(todo, options, findings)
-        out |= fresh
-        if db is not None and not db.readonly and fresh:
-            by_rel = {f.relpath: f for f in todo}
-            db.record_many((rel, by_rel[rel].stat, h) for rel, h in fresh.items())
-        return out
+        fresh: dict[str, FileHashes] = {}
+        try:
+            _hash_now(todo, options, findings, fresh)
+        finally:  # Ctrl-C too: what was hashed is cached for the next import
+            if db is not None and not db.readonly and fresh:
+                by_rel = {f.relpath: f for f in todo}
+                db.record_many((rel, by_rel[rel].stat, h) for rel, h in fresh.items())
+        return out | fresh
     finally:
         if db is not None:
             db.close()
@@ -219,10 +221,12 @@ def _open_cache(folder: Path, findings: Findings) -> StateDB | None:
 
 
 def _hash_now(
-    files: list[LocalFile], options: ImportOptions, findings: Findings
-) -> dict[str, FileHashes]:
+    files: list[LocalFile], options: ImportOptions, findings: Findings, out: dict[str, FileHashes]
+) -> None:
+    """Hash `files` into `out` (by relpath) as each is done, so an interruption keeps
+    what was finished; unreadable or changing files are warned about, not added."""
     if not files:
-        return {}
+        return
     total = sum(f.stat.st_size for f in files)
     done = 0
     lock = threading.Lock()
@@ -237,20 +241,23 @@ def _hash_now(
 
     if report is not None:
         report(0, total)
-    results = hash_files([f.path for f in files], progress=advance)
-    out: dict[str, FileHashes] = {}
-    for f in files:
-        result = results[f.path]
+    by_path = {f.path: f for f in files}
+    problems: dict[Path, str] = {}
+
+    def keep(path: Path, result: FileHashes | OSError) -> None:
+        f = by_path[path]
         if isinstance(result, OSError):
-            findings.warnings.append(f"{f.relpath}: cannot read: {result.strerror or result}")
+            problems[path] = f"{f.relpath}: cannot read: {result.strerror or result}"
         elif result.size != f.stat.st_size:
-            findings.warnings.append(
+            problems[path] = (
                 f"{f.relpath}: changed while it was hashed: not imported; import again once "
                 "nothing writes to it"
             )
         else:
             out[f.relpath] = result
-    return out
+
+    hash_files(list(by_path), progress=advance, on_result=keep)
+    findings.warnings.extend(problems[p] for p in by_path if p in problems)  # input order
 
 
 # -- sources -------------------------------------------------------------------------------

@@ -301,3 +301,26 @@ def test_civitai_unreachable_gives_one_warning(models: Path, hf: Path) -> None:
 )
 def test_hub_cache_dir(env: dict[str, str], expected: str) -> None:
     assert hub_cache_dir(env) == Path(expected)
+
+
+def test_an_interrupted_import_keeps_the_hashes_it_finished(tmp_path: Path) -> None:
+    """Ctrl-C while a large file is hashed: the files already hashed are in the cache, so
+    the next import of a folder of hundreds of GB does not start from nothing."""
+    root = tmp_path / "models"
+    small = write(root / "loras" / "a.safetensors", MINE)
+    big = root / "loras" / "b.safetensors"
+    big.parent.mkdir(parents=True, exist_ok=True)
+    with open(big, "wb") as f:
+        f.truncate(64 * 1024 * 1024)
+
+    def stop_in_the_big_file(done: int, total: int) -> None:
+        if done > len(MINE) + 32 * 1024 * 1024:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        read(root, ImportOptions(offline=True, progress=stop_in_the_big_file))
+
+    seen: list[tuple[int, int]] = []
+    again = read(root, ImportOptions(offline=True, progress=lambda d, t: seen.append((d, t))))
+    assert seen[0] == (0, big.stat().st_size)  # only the big file is hashed again
+    assert by_target(again)["loras/a.safetensors"]["sha256"] == sha256(small.read_bytes())
