@@ -30,7 +30,7 @@ import tomlkit
 from pydantic import ValidationError
 from tomlkit.items import AoT
 
-from modelsync.commands.editing import appended, ordered, write_checked
+from modelsync.commands.editing import appended, ordered, read_manifest_text, write_checked
 from modelsync.errors import ModelsyncError
 from modelsync.lockfile import read_lock
 from modelsync.manifest import Entry, Manifest, Settings, load_manifest
@@ -268,7 +268,7 @@ def _read(path: Path) -> str:
     if not path.parent.is_dir():
         raise ModelsyncError(f"{path}: folder {path.parent} does not exist")
     try:
-        return path.read_text(encoding="utf-8")
+        return read_manifest_text(path)
     except FileNotFoundError:
         return ""  # `add` starts a new manifest
     except (OSError, UnicodeDecodeError) as exc:

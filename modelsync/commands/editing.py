@@ -40,15 +40,24 @@ def ordered(values: dict[str, Any]) -> dict[str, Any]:
     return first | {k: v for k, v in values.items() if k not in first}
 
 
+def read_manifest_text(path: Path) -> str:
+    """The manifest's text as it is on disk: line endings untranslated (a CRLF file from
+    Windows stays CRLF), so `appended` keeps it byte for byte."""
+    with open(path, encoding="utf-8", newline="") as f:
+        return f.read()
+
+
 def appended(text: str, values: dict[str, Any], comment: str = "") -> str:
-    """`text` unchanged (plus a final newline if it lacked one), then the new table."""
+    """`text` unchanged (plus a final newline if it lacked one), then the new table, in
+    the line endings `text` uses."""
+    eol = "\r\n" if "\r\n" in text else "\n"
     lines = [f"# {line}" for line in comment.splitlines()]
     lines.append("[[models]]")
     lines += [f"{key} = {tomlkit.item(value).as_string()}" for key, value in values.items()]
-    entry = "\n".join(lines) + "\n"
+    entry = eol.join(lines) + eol
     if not text:
         return entry
-    return text + ("" if text.endswith("\n") else "\n") + "\n" + entry
+    return text + ("" if text.endswith("\n") else eol) + eol + entry
 
 
 def write_checked(path: Path, text: str) -> None:

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from modelsync.commands.editing import appended, ordered, write_checked
+from modelsync.commands.editing import appended, ordered, read_manifest_text, write_checked
 from modelsync.errors import ModelsyncError
 from modelsync.importers import (
     Findings,
@@ -53,6 +53,8 @@ class ImportResult:
     warnings: tuple[str, ...]
 
 
+MAX_JSON_BYTES = 256 * 1024 * 1024  # far above any workflow or model list
+
 NEW_MANIFEST = """\
 # Written by `modelsync import`: review it, then `modelsync lock {name}` pins every
 # file and `modelsync apply {name}` brings a models folder in line with it.
@@ -78,8 +80,11 @@ def detect_kind(path: Path) -> Kind:
         raise ImportInputError(f"{path}: cannot read: {exc.strerror or exc}") from None
     if head.startswith(b"\x89PNG\r\n\x1a\n") or (head[:4] == b"RIFF" and head[8:12] == b"WEBP"):
         return "png"
-    try:
-        data = json.loads(path.read_text(encoding="utf-8-sig"))
+    data = None
+    try:  # never a model file read whole into memory: workflows and lists are small
+        first = head.removeprefix(b"\xef\xbb\xbf").lstrip()[:1]
+        if first in (b"{", b"") and path.stat().st_size <= MAX_JSON_BYTES:
+            data = json.loads(path.read_text(encoding="utf-8-sig"))
     except (UnicodeDecodeError, json.JSONDecodeError, OSError):
         data = None
     if isinstance(data, dict):
@@ -132,7 +137,7 @@ def run_import(
     unresolved = _still_unresolved(findings.unresolved, findings.found)
     created = existing is None
     if added:
-        text = path.read_text(encoding="utf-8") if not created else _new_text(path, sources)
+        text = read_manifest_text(path) if not created else _new_text(path, sources)
         taken = {e.display_name for e in existing.models} if existing else set()
         for found in added:
             values = _named(found, taken)

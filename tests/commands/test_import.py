@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from modelsync.manifest import load_manifest
 from tests.clirun import modelsync
 
 
@@ -41,8 +42,14 @@ def test_a_missing_source_is_exit_2_and_writes_nothing(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "content",
-    [b'{"hello": "world"}', b"not json at all", b"\x00\x01\x02", b"[1, 2, 3]"],
-    ids=["other-json", "text", "binary", "json-list"],
+    [
+        b'{"hello": "world"}',
+        b"not json at all",
+        b"\x00\x01\x02",
+        b"[1, 2, 3]",
+        b'\x13\x00\x00\x00\x00\x00\x00\x00{"__metadata__":{}}',  # a model file
+    ],
+    ids=["other-json", "text", "binary", "json-list", "safetensors"],
 )
 def test_input_of_no_known_kind_is_exit_2_with_the_fix(tmp_path: Path, content: bytes) -> None:
     (tmp_path / "thing.json").write_bytes(content)
@@ -70,3 +77,28 @@ def test_an_empty_model_list_is_taken_as_one_and_adds_nothing(tmp_path: Path) ->
     doc = json.loads(run.stdout)
     assert (doc["added"], doc["created"]) == ([], False)
     assert not (tmp_path / "models.toml").exists()
+
+
+def test_a_crlf_manifest_keeps_its_bytes_and_its_line_endings(tmp_path: Path) -> None:
+    """A manifest written on Windows: the text is kept byte for byte, the new entry
+    follows its CRLF line endings, and it still loads."""
+    before = b'# our models\r\n[settings]\r\nroot = "models"  # ComfyUI\r\n'
+    (tmp_path / "models.toml").write_bytes(before)
+    catalog = {
+        "models": [
+            {
+                "name": "x",
+                "type": "lora",
+                "save_path": "default",
+                "filename": "x.safetensors",
+                "url": "http://127.0.0.1:9/x.safetensors",
+            }
+        ]
+    }
+    (tmp_path / "list.json").write_text(json.dumps(catalog))
+    run = modelsync("import", "list.json", "--offline", cwd=tmp_path)
+    assert run.code == 0, run.stderr
+    after = (tmp_path / "models.toml").read_bytes()
+    assert after.startswith(before) and len(after) > len(before)
+    assert b"\n" not in after.replace(b"\r\n", b"")  # every line ends in CRLF
+    assert [e.filename for e in load_manifest(tmp_path / "models.toml").models] == ["x.safetensors"]
