@@ -17,6 +17,7 @@ hashed (cached in its state.db).
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import os
@@ -76,17 +77,17 @@ def detect_kind(path: Path) -> Kind:
     try:
         with open(path, "rb") as f:
             head = f.read(16)
+            size = os.fstat(f.fileno()).st_size
     except OSError as exc:
         raise ImportInputError(f"{path}: cannot read: {exc.strerror or exc}") from None
     if head.startswith(b"\x89PNG\r\n\x1a\n") or (head[:4] == b"RIFF" and head[8:12] == b"WEBP"):
         return "png"
     data = None
-    try:  # never a model file read whole into memory: workflows and lists are small
-        first = head.removeprefix(b"\xef\xbb\xbf").lstrip()[:1]
-        if first in (b"{", b"") and path.stat().st_size <= MAX_JSON_BYTES:
+    first = head.removeprefix(b"\xef\xbb\xbf").lstrip()[:1]
+    # never a model file read whole into memory: workflows and model lists are small
+    if first in (b"{", b"") and size <= MAX_JSON_BYTES:
+        with contextlib.suppress(UnicodeDecodeError, json.JSONDecodeError, OSError):
             data = json.loads(path.read_text(encoding="utf-8-sig"))
-    except (UnicodeDecodeError, json.JSONDecodeError, OSError):
-        data = None
     if isinstance(data, dict):
         models = data.get("models")
         if "nodes" in data or "definitions" in data:
